@@ -1,0 +1,74 @@
+// The packed mask format and the argument checks shared by the CPU and CUDA kernels.
+// Mirrors sparse_lottery/_mask_format.py; messages name the argument, the expected and the received.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <utility>
+
+namespace sparse_lottery {
+
+// (rows, cols) of the row-major GEMM view of `sizes`: (s0, prod(s1..)), (1, s0) for 1-D, (1, 1).
+inline std::pair<int64_t, int64_t> gemm_view(at::IntArrayRef sizes) {
+  if (sizes.empty()) return {1, 1};
+  if (sizes.size() == 1) return {1, sizes[0]};
+  int64_t cols = 1;
+  for (size_t i = 1; i < sizes.size(); ++i) cols *= sizes[i];
+  return {sizes[0], cols};
+}
+
+inline int64_t packed_row_bytes(int64_t cols) { return (cols + 7) / 8; }
+
+// `mask` is a bool mask of `sizes` or its packed uint8 form; returns true when packed.
+inline bool check_mask(const at::Tensor& mask, at::IntArrayRef sizes, const char* name = "mask",
+                       const char* of = "weight") {
+  if (mask.scalar_type() == at::kBool) {
+    TORCH_CHECK(mask.sizes() == sizes, name, ": expected a bool mask of ", of, "'s shape ", sizes,
+                ", got shape ", mask.sizes());
+    return false;
+  }
+  TORCH_CHECK(mask.scalar_type() == at::kByte, name,
+              ": expected dtype torch.bool (one flag per weight) or torch.uint8 (packed by "
+              "sparse_lottery.pack_mask), got ", mask.scalar_type());
+  auto [rows, cols] = gemm_view(sizes);
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == rows && mask.size(1) == packed_row_bytes(cols),
+              name, ": expected a packed uint8 mask of shape [", rows, ", ",
+              packed_row_bytes(cols), "] for ", of, " of shape ", sizes, ", got shape ",
+              mask.sizes());
+  return true;
+}
+
+inline void check_same_device(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), name, ": expected device ", ref.device(),
+              " (the device of ", ref_name, "), got ", t.device());
+}
+
+inline void check_same_dtype(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                             const char* name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ", ref.scalar_type(),
+              " (the dtype of ", ref_name, "), got ", t.scalar_type());
+}
+
+inline void check_masked_linear(const at::Tensor& input, const at::Tensor& weight,
+                                const at::Tensor& mask, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2, "weight: expected a 2-D tensor (out_features, in_features), got ",
+              weight.dim(), "-D of shape ", weight.sizes());
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()),
+              "weight: expected a floating dtype, got ", weight.scalar_type());
+  check_same_device(weight, "weight", input, "input");
+  check_same_dtype(weight, "weight", input, "input");
+  TORCH_CHECK(input.dim() >= 1 && input.size(-1) == weight.size(1),
+              "input: expected last dimension in_features=", weight.size(1), " (weight is ",
+              weight.sizes(), "), got shape ", input.sizes());
+  check_same_device(weight, "weight", mask, "mask");
+  check_mask(mask, weight.sizes());
+  if (bias.has_value()) {
+    check_same_device(weight, "weight", *bias, "bias");
+    check_same_dtype(weight, "weight", *bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0),
+                "bias: expected shape [", weight.size(0), "] (out_features), got ", bias->sizes());
+  }
+}
+
+}  // namespace sparse_lottery

@@ -1,0 +1,49 @@
+// Entry points of the sparse_lottery._C extension, bound to Python in bindings.cpp and registered
+// as the "cpp" backend of the torch.ops.sparse_lottery ops by sparse_lottery/_registry.py.
+//
+// Masks: a bool tensor of the weight's shape, or the packed form (uint8, shape
+// (rows, ceil(cols/8)) of the weight's GEMM view, bit b of byte c of row r = element (r, 8c+b),
+// least significant bit first, padding bits zero). See mask_format.h.
+// Every function accepts non-contiguous inputs and float32, bfloat16, float16 (and float64 on
+// the CPU); CUDA functions run on at::cuda::getCurrentCUDAStream().
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+namespace sparse_lottery {
+
+// y = input @ (weight ⊙ mask)ᵀ + bias; input (..., K), weight (N, K) -> (..., N).
+at::Tensor masked_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor& mask, const std::optional<at::Tensor>& bias);
+// d_input = grad_output @ (weight ⊙ mask); grad_output (..., N) -> (..., K).
+at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                        const at::Tensor& mask);
+// d_weight = (grad_outputᵀ @ input) ⊙ mask, exactly zero where pruned; -> (N, K).
+at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& mask);
+// tensor ⊙ mask, out of place.
+at::Tensor apply_mask_cpu(const at::Tensor& tensor, const at::Tensor& mask);
+// tensors[i] ⊙= masks[i], in place, for every i (one parallel pass over all tensors).
+void apply_masks__cpu(std::vector<at::Tensor> tensors, std::vector<at::Tensor> masks);
+// bool mask -> packed uint8; packed -> bool mask of `shape`.
+at::Tensor pack_mask_cpu(const at::Tensor& mask);
+at::Tensor unpack_mask_cpu(const at::Tensor& packed, std::vector<int64_t> shape);
+
+#ifdef WITH_CUDA
+at::Tensor masked_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& mask, const std::optional<at::Tensor>& bias);
+at::Tensor masked_linear_grad_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
+                                         const at::Tensor& mask);
+at::Tensor masked_linear_grad_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                          const at::Tensor& mask);
+at::Tensor apply_mask_cuda(const at::Tensor& tensor, const at::Tensor& mask);
+void apply_masks__cuda(std::vector<at::Tensor> tensors, std::vector<at::Tensor> masks);
+at::Tensor pack_mask_cuda(const at::Tensor& mask);
+at::Tensor unpack_mask_cuda(const at::Tensor& packed, std::vector<int64_t> shape);
+std::string cuda_archs();
+#endif
+
+}  // namespace sparse_lottery

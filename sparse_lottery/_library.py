@@ -1,0 +1,31 @@
+"""Every schema of the `sparse_lottery` op namespace, defined once, here.
+
+Implementations register per device in `sparse_lottery._registry`; fake kernels and autograd in
+`sparse_lottery.ops`. Masks are either bool tensors of the weight's shape or the packed form made
+by `pack_mask` (uint8, 1 bit per weight; see `sparse_lottery._mask_format`).
+"""
+
+import torch
+
+LIB = torch.library.Library("sparse_lottery", "DEF")
+
+SCHEMAS = {
+    "masked_linear": "(Tensor input, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor",
+    "masked_linear_grad_input": "(Tensor grad_output, Tensor weight, Tensor mask) -> Tensor",
+    "masked_linear_grad_weight": "(Tensor grad_output, Tensor input, Tensor mask) -> Tensor",
+    "masked_conv1d": (
+        "(Tensor input, Tensor weight, Tensor mask, Tensor? bias=None, SymInt[1] stride=1, "
+        "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1) -> Tensor"
+    ),
+    "masked_conv2d": (
+        "(Tensor input, Tensor weight, Tensor mask, Tensor? bias=None, SymInt[2] stride=1, "
+        "SymInt[2] padding=0, SymInt[2] dilation=1, SymInt groups=1) -> Tensor"
+    ),
+    "apply_mask": "(Tensor tensor, Tensor mask) -> Tensor",
+    "apply_masks_": "(Tensor(a!)[] tensors, Tensor[] masks) -> ()",
+    "pack_mask": "(Tensor mask) -> Tensor",
+    "unpack_mask": "(Tensor packed, SymInt[] shape) -> Tensor",
+}
+
+for _name, _schema in SCHEMAS.items():
+    LIB.define(_name + _schema)

@@ -1,0 +1,115 @@
+"""The packed mask format and the input checks shared by every backend.
+
+A mask for a tensor of shape S is either a bool tensor of shape S, or its packed form: uint8 of
+shape (rows, ceil(cols / 8)), where (rows, cols) is the GEMM view of S (rows = S[0] and
+cols = prod(S[1:]) for 2-D and larger, (1, S[0]) for 1-D, (1, 1) for a scalar). Bit b of byte c
+of row r (least significant bit first) is the mask of element (r, 8c + b); padding bits are zero.
+"""
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def gemm_view(shape: Sequence[int]) -> tuple[int, int]:
+    """(rows, cols) of the row-major 2-D view that masks and packed masks use."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    return int(shape[0]), math.prod(int(s) for s in shape[1:])
+
+
+def packed_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """Shape of the packed (uint8) form of a mask for a tensor of `shape`."""
+    rows, cols = gemm_view(shape)
+    return rows, (cols + 7) // 8
+
+
+def is_packed(mask: torch.Tensor) -> bool:
+    return mask.dtype == torch.uint8
+
+
+def check_mask(mask: torch.Tensor, shape: Sequence[int], name: str = "mask",
+               of: str = "weight") -> None:
+    """Raise if `mask` is neither a bool mask of `shape` nor its packed form."""
+    shape = tuple(shape)
+    if mask.dtype == torch.bool:
+        torch._check(
+            tuple(mask.shape) == shape,
+            lambda: f"{name}: expected a bool mask of {of}'s shape {list(shape)}, "
+            f"got shape {list(mask.shape)}",
+        )
+    elif mask.dtype == torch.uint8:
+        expected = packed_shape(shape)
+        torch._check(
+            tuple(mask.shape) == expected,
+            lambda: f"{name}: expected a packed uint8 mask of shape {list(expected)} for {of} "
+            f"of shape {list(shape)}, got shape {list(mask.shape)}",
+        )
+    else:
+        raise TypeError(
+            f"{name}: expected dtype torch.bool (one flag per weight) or torch.uint8 (packed by "
+            f"sparse_lottery.pack_mask), got {mask.dtype}"
+        )
+
+
+def check_float(t: torch.Tensor, name: str) -> None:
+    torch._check(
+        t.dtype in FLOAT_DTYPES,
+        lambda: f"{name}: expected a floating dtype in "
+        f"{[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}",
+    )
+
+
+def check_same(ref: torch.Tensor, ref_name: str, t: torch.Tensor | None, name: str) -> None:
+    """`t` has `ref`'s dtype and device (skipped when `t` is None)."""
+    if t is None:
+        return
+    torch._check(
+        t.device == ref.device,
+        lambda: f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}",
+    )
+    torch._check(
+        t.dtype == ref.dtype,
+        lambda: f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}",
+    )
+
+
+def check_device(ref: torch.Tensor, ref_name: str, t: torch.Tensor, name: str) -> None:
+    torch._check(
+        t.device == ref.device,
+        lambda: f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}",
+    )
+
+
+def check_masked_linear(input, weight, mask, bias=None) -> None:
+    """All user-facing checks of masked_linear, shared by fake and real kernels."""
+    check_float(weight, "weight")
+    torch._check(
+        weight.dim() == 2,
+        lambda: f"weight: expected a 2-D tensor (out_features, in_features), "
+        f"got {weight.dim()}-D of shape {list(weight.shape)}",
+    )
+    check_same(weight, "weight", input, "input")
+    torch._check(
+        input.dim() >= 1,
+        lambda: "input: expected at least 1 dimension (..., in_features), got a scalar",
+    )
+    torch._check(
+        input.shape[-1] == weight.shape[1],
+        lambda: f"input: expected last dimension in_features={weight.shape[1]} (weight is "
+        f"{list(weight.shape)}), got {input.shape[-1]} (input shape {list(input.shape)})",
+    )
+    check_device(weight, "weight", mask, "mask")
+    check_mask(mask, weight.shape)
+    if bias is not None:
+        check_same(weight, "weight", bias, "bias")
+        torch._check(
+            tuple(bias.shape) == (weight.shape[0],),
+            lambda: f"bias: expected shape [{weight.shape[0]}] (out_features), "
+            f"got {list(bias.shape)}",
+        )
