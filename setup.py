@@ -1,9 +1,9 @@
-"""Build sparse_lottery: the Python package, its Triton kernels and the `sparse_lottery._C` extension.
+"""Build sparse_lottery: the package, its Triton kernels and the `sparse_lottery._C` extension.
 
 The C++ CPU kernels are always built. The CUDA kernels are built whenever PyTorch has CUDA and a
 CUDA toolkit is found; no GPU is needed. Environment flags:
 
-  SPARSE_LOTTERY_SKIP_EXTENSION=1   build no extension (the package runs on its PyTorch reference path)
+  SPARSE_LOTTERY_SKIP_EXTENSION=1   build no extension (the PyTorch reference path runs)
   SPARSE_LOTTERY_NO_CUDA=1          build the C++ CPU kernels only
   TORCH_CUDA_ARCH_LIST="8.0;9.0"    CUDA architectures (default below when no GPU is visible)
   MAX_JOBS=N                        parallel compile jobs (honoured by ninja through BuildExtension)
@@ -16,9 +16,8 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;8.6;9.0+PTX"  # Ampere (A100, RTX 30) and Hopper (H100/H200)
@@ -29,8 +28,10 @@ def _flag(name: str) -> bool:
 
 
 def _is_toolkit(path: str | None) -> bool:
-    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isfile(
-        os.path.join(path, "include", "cuda_runtime.h")
+    return (
+        bool(path)
+        and os.path.isfile(os.path.join(path, "bin", "nvcc"))
+        and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
     )
 
 
@@ -38,7 +39,10 @@ def _toolkit_from_nvcc_dryrun(nvcc: str) -> str | None:
     """Ask nvcc where it lives: works when the `nvcc` on PATH is a wrapper script."""
     try:
         out = subprocess.run(
-            [nvcc, "-dryrun", "--version"], capture_output=True, text=True, timeout=60
+            [nvcc, "-dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -47,7 +51,7 @@ def _toolkit_from_nvcc_dryrun(nvcc: str) -> str | None:
 
 
 def find_cuda_toolkit() -> str | None:
-    """The real CUDA toolkit folder: $CUDA_HOME/$CUDA_PATH, nvcc's own TOP, then /usr/local/cuda*."""
+    """The real toolkit folder: $CUDA_HOME/$CUDA_PATH, nvcc's own TOP, then /usr/local/cuda*."""
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
@@ -75,8 +79,8 @@ def extension_modules():
     openmp = ["-fopenmp"]
     # x86-64-v3 = AVX2 + FMA (Haswell, Zen and later); SPARSE_LOTTERY_CPU_ARCH overrides it.
     arch = os.environ.get("SPARSE_LOTTERY_CPU_ARCH", "x86-64-v3" if _is_x86() else "native")
-    cxx = ["-O0", "-g"] if debug else ["-O3", f"-march={arch}"]
-    cxx += ["-std=c++17", *openmp]
+    cxx = ["-O0", "-g"] if debug else ["-O3", "-g0", f"-march={arch}"]
+    cxx += ["-std=c++20", *openmp]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     define_macros = []
     extra = {"cxx": cxx}
@@ -85,18 +89,22 @@ def extension_modules():
         sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         define_macros.append(("WITH_CUDA", None))
         extra["nvcc"] = (["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]) + [
-            "-std=c++17",
+            "-std=c++20",
             "--expt-relaxed-constexpr",
             "-U__CUDA_NO_HALF_OPERATORS__",
             "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
         ]
-        print(f"sparse_lottery: building C++ CPU + CUDA kernels (toolkit {toolkit}, "
-              f"archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
+        print(
+            f"sparse_lottery: building C++ CPU + CUDA kernels (toolkit {toolkit}, "
+            f"archs {os.environ['TORCH_CUDA_ARCH_LIST']})"
+        )
         ext_cls = CUDAExtension
     else:
-        why = "SPARSE_LOTTERY_NO_CUDA set" if _flag("SPARSE_LOTTERY_NO_CUDA") else (
-            "PyTorch has no CUDA" if torch.version.cuda is None else "no CUDA toolkit found"
+        why = (
+            "SPARSE_LOTTERY_NO_CUDA set"
+            if _flag("SPARSE_LOTTERY_NO_CUDA")
+            else ("PyTorch has no CUDA" if torch.version.cuda is None else "no CUDA toolkit found")
         )
         print(f"sparse_lottery: building C++ CPU kernels only ({why})")
         ext_cls = CppExtension
@@ -117,15 +125,15 @@ def _is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-ext_modules, cmdclass = extension_modules()
-
-setup(
-    packages=["sparse_lottery", "sparse_lottery.nn", "sparse_lottery.kernels"],
-    package_dir={"sparse_lottery.kernels": "kernels"},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
-
-if __name__ == "__main__" and len(sys.argv) == 1:
-    print(__doc__)
+if __name__ == "__main__":  # setuptools' build backend runs this file as __main__ too
+    ext_modules, cmdclass = extension_modules()
+    setup(
+        packages=[
+            *find_packages(include=["sparse_lottery", "sparse_lottery.*"]),
+            "sparse_lottery.kernels",
+        ],
+        package_dir={"sparse_lottery.kernels": "kernels"},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        zip_safe=False,
+    )

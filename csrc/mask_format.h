@@ -4,9 +4,23 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <utility>
 
 namespace sparse_lottery {
+
+// The Python spelling of a dtype ("torch.float32"), so C++ and Python errors read the same.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kBool: return "torch.bool";
+    case at::kByte: return "torch.uint8";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
 
 // (rows, cols) of the row-major GEMM view of `sizes`: (s0, prod(s1..)), (1, s0) for 1-D, (1, 1).
 inline std::pair<int64_t, int64_t> gemm_view(at::IntArrayRef sizes) {
@@ -29,7 +43,7 @@ inline bool check_mask(const at::Tensor& mask, at::IntArrayRef sizes, const char
   }
   TORCH_CHECK(mask.scalar_type() == at::kByte, name,
               ": expected dtype torch.bool (one flag per weight) or torch.uint8 (packed by "
-              "sparse_lottery.pack_mask), got ", mask.scalar_type());
+              "sparse_lottery.pack_mask), got ", dtype_name(mask.scalar_type()));
   auto [rows, cols] = gemm_view(sizes);
   TORCH_CHECK(mask.dim() == 2 && mask.size(0) == rows && mask.size(1) == packed_row_bytes(cols),
               name, ": expected a packed uint8 mask of shape [", rows, ", ",
@@ -46,8 +60,9 @@ inline void check_same_device(const at::Tensor& ref, const char* ref_name, const
 
 inline void check_same_dtype(const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                              const char* name) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ", ref.scalar_type(),
-              " (the dtype of ", ref_name, "), got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
+              dtype_name(ref.scalar_type()), " (the dtype of ", ref_name, "), got ",
+              dtype_name(t.scalar_type()));
 }
 
 inline void check_masked_linear(const at::Tensor& input, const at::Tensor& weight,
@@ -55,7 +70,7 @@ inline void check_masked_linear(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK(weight.dim() == 2, "weight: expected a 2-D tensor (out_features, in_features), got ",
               weight.dim(), "-D of shape ", weight.sizes());
   TORCH_CHECK(at::isFloatingType(weight.scalar_type()),
-              "weight: expected a floating dtype, got ", weight.scalar_type());
+              "weight: expected a floating dtype, got ", dtype_name(weight.scalar_type()));
   check_same_device(weight, "weight", input, "input");
   check_same_dtype(weight, "weight", input, "input");
   TORCH_CHECK(input.dim() >= 1 && input.size(-1) == weight.size(1),

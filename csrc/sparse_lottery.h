@@ -1,5 +1,5 @@
-// Entry points of the sparse_lottery._C extension, bound to Python in bindings.cpp and registered
-// as the "cpp" backend of the torch.ops.sparse_lottery ops by sparse_lottery/_registry.py.
+// The kernels of the sparse_lottery._C extension, registered with the dispatcher as the CPU and
+// CUDA implementations of the torch.ops.sparse_lottery ops by registration.cpp.
 //
 // Masks: a bool tensor of the weight's shape, or the packed form (uint8, shape
 // (rows, ceil(cols/8)) of the weight's GEMM view, bit b of byte c of row r = element (r, 8c+b),

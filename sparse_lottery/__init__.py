@@ -2,19 +2,31 @@
 
 Example:
     >>> import torch, sparse_lottery as sl
-    >>> model = torch.nn.Sequential(torch.nn.Linear(40, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10))
+    >>> nn = torch.nn
+    >>> model = nn.Sequential(nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 10))
     >>> model = sl.sparsify(model)          # masked layers, same weights and state-dict keys
     >>> sl.density(model)
     1.0
 """
 
-from . import ops
+from . import nn, ops
 from .backends import backends, format_backends, set_backend
+from .model import (
+    density,
+    export_dense,
+    from_torch_prune,
+    load_masks,
+    masks,
+    sparsify,
+    to_torch_prune,
+)
 from .ops import apply_mask, apply_masks_, pack_mask, unpack_mask
+from .pruning import prune_global_magnitude
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "nn",
     "ops",
     "backends",
     "format_backends",
@@ -23,4 +35,12 @@ __all__ = [
     "apply_masks_",
     "pack_mask",
     "unpack_mask",
+    "sparsify",
+    "masks",
+    "load_masks",
+    "density",
+    "export_dense",
+    "from_torch_prune",
+    "to_torch_prune",
+    "prune_global_magnitude",
 ]

@@ -5,9 +5,13 @@ the pure-PyTorch reference path keeps working either way.
 """
 
 import importlib
+import os
 import warnings
 
 import torch
+
+# The schemas must exist before _C registers kernels for them.
+from . import _library  # noqa: F401
 
 _C = None
 LOAD_ERROR: str | None = None
@@ -25,6 +29,11 @@ if _C is not None:
         LOAD_ERROR = f"built against torch {built_torch}, running torch {torch.__version__}"
         _C = None
 
+if LOAD_ERROR is not None and os.environ.get("SPARSE_LOTTERY_REQUIRE_EXTENSION") == "1":
+    raise ImportError(
+        f"sparse_lottery: C++/CUDA extension {LOAD_ERROR} "
+        "(SPARSE_LOTTERY_REQUIRE_EXTENSION=1 forbids the fallback)"
+    )
 if LOAD_ERROR is not None:
     warnings.warn(
         f"sparse_lottery: C++/CUDA extension {LOAD_ERROR}; using the PyTorch reference path",

@@ -33,22 +33,27 @@ def is_packed(mask: torch.Tensor) -> bool:
     return mask.dtype == torch.uint8
 
 
-def check_mask(mask: torch.Tensor, shape: Sequence[int], name: str = "mask",
-               of: str = "weight") -> None:
+def check_mask(
+    mask: torch.Tensor, shape: Sequence[int], name: str = "mask", of: str = "weight"
+) -> None:
     """Raise if `mask` is neither a bool mask of `shape` nor its packed form."""
     shape = tuple(shape)
     if mask.dtype == torch.bool:
         torch._check(
             tuple(mask.shape) == shape,
-            lambda: f"{name}: expected a bool mask of {of}'s shape {list(shape)}, "
-            f"got shape {list(mask.shape)}",
+            lambda: (
+                f"{name}: expected a bool mask of {of}'s shape {list(shape)}, "
+                f"got shape {list(mask.shape)}"
+            ),
         )
     elif mask.dtype == torch.uint8:
         expected = packed_shape(shape)
         torch._check(
             tuple(mask.shape) == expected,
-            lambda: f"{name}: expected a packed uint8 mask of shape {list(expected)} for {of} "
-            f"of shape {list(shape)}, got shape {list(mask.shape)}",
+            lambda: (
+                f"{name}: expected a packed uint8 mask of shape {list(expected)} for {of} "
+                f"of shape {list(shape)}, got shape {list(mask.shape)}"
+            ),
         )
     else:
         raise TypeError(
@@ -60,8 +65,9 @@ def check_mask(mask: torch.Tensor, shape: Sequence[int], name: str = "mask",
 def check_float(t: torch.Tensor, name: str) -> None:
     torch._check(
         t.dtype in FLOAT_DTYPES,
-        lambda: f"{name}: expected a floating dtype in "
-        f"{[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}",
+        lambda: (
+            f"{name}: expected a floating dtype in {[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}"
+        ),
     )
 
 
@@ -91,8 +97,10 @@ def check_masked_linear(input, weight, mask, bias=None) -> None:
     check_float(weight, "weight")
     torch._check(
         weight.dim() == 2,
-        lambda: f"weight: expected a 2-D tensor (out_features, in_features), "
-        f"got {weight.dim()}-D of shape {list(weight.shape)}",
+        lambda: (
+            f"weight: expected a 2-D tensor (out_features, in_features), "
+            f"got {weight.dim()}-D of shape {list(weight.shape)}"
+        ),
     )
     check_same(weight, "weight", input, "input")
     torch._check(
@@ -101,8 +109,10 @@ def check_masked_linear(input, weight, mask, bias=None) -> None:
     )
     torch._check(
         input.shape[-1] == weight.shape[1],
-        lambda: f"input: expected last dimension in_features={weight.shape[1]} (weight is "
-        f"{list(weight.shape)}), got {input.shape[-1]} (input shape {list(input.shape)})",
+        lambda: (
+            f"input: expected last dimension in_features={weight.shape[1]} (weight is "
+            f"{list(weight.shape)}), got {input.shape[-1]} (input shape {list(input.shape)})"
+        ),
     )
     check_device(weight, "weight", mask, "mask")
     check_mask(mask, weight.shape)
@@ -110,6 +120,85 @@ def check_masked_linear(input, weight, mask, bias=None) -> None:
         check_same(weight, "weight", bias, "bias")
         torch._check(
             tuple(bias.shape) == (weight.shape[0],),
-            lambda: f"bias: expected shape [{weight.shape[0]}] (out_features), "
-            f"got {list(bias.shape)}",
+            lambda: (
+                f"bias: expected shape [{weight.shape[0]}] (out_features), got {list(bias.shape)}"
+            ),
         )
+
+
+def check_grad_input(grad_output, weight, mask):
+    check_float(weight, "weight")
+    check_same(weight, "weight", grad_output, "grad_output")
+    torch._check(weight.dim() == 2, lambda: f"weight: expected 2-D, got {weight.dim()}-D")
+    torch._check(
+        grad_output.dim() >= 1 and grad_output.shape[-1] == weight.shape[0],
+        lambda: (
+            f"grad_output: expected last dimension out_features={weight.shape[0]}, "
+            f"got shape {list(grad_output.shape)}"
+        ),
+    )
+    check_device(weight, "weight", mask, "mask")
+    check_mask(mask, weight.shape)
+
+
+def check_grad_weight(grad_output, input, mask):
+    check_float(input, "input")
+    check_same(input, "input", grad_output, "grad_output")
+    torch._check(
+        grad_output.shape[:-1] == input.shape[:-1],
+        lambda: (
+            f"grad_output: expected batch dimensions {list(input.shape[:-1])} (input's), "
+            f"got {list(grad_output.shape[:-1])}"
+        ),
+    )
+    check_device(input, "input", mask, "mask")
+    check_mask(mask, (grad_output.shape[-1], input.shape[-1]))
+
+
+def check_masks_list(tensors, masks):
+    torch._check(
+        len(tensors) == len(masks),
+        lambda: f"masks: expected {len(tensors)} masks (one per tensor), got {len(masks)}",
+    )
+    for i, (t, m) in enumerate(zip(tensors, masks)):
+        check_device(t, f"tensors[{i}]", m, f"masks[{i}]")
+        check_mask(m, t.shape, name=f"masks[{i}]", of=f"tensors[{i}]")
+
+
+def check_bool(mask):
+    torch._check(
+        mask.dtype == torch.bool, lambda: f"mask: expected dtype torch.bool, got {mask.dtype}"
+    )
+
+
+def check_packed(packed, shape):
+    torch._check(
+        packed.dtype == torch.uint8,
+        lambda: f"packed: expected dtype torch.uint8, got {packed.dtype}",
+    )
+    expected = packed_shape(shape)
+    torch._check(
+        tuple(packed.shape) == expected,
+        lambda: (
+            f"packed: expected shape {list(expected)} for a mask of shape {list(shape)}, "
+            f"got {list(packed.shape)}"
+        ),
+    )
+
+
+# The checks each kernel op runs before a Python backend (reference, Triton) sees its input;
+# the C++ kernels run the same checks (csrc/mask_format.h).
+CHECKS = {
+    "masked_linear": check_masked_linear,
+    "masked_linear_grad_input": check_grad_input,
+    "masked_linear_grad_weight": check_grad_weight,
+    "apply_mask": lambda tensor, mask: check_apply_mask(tensor, mask),
+    "apply_masks_": check_masks_list,
+    "pack_mask": check_bool,
+    "unpack_mask": check_packed,
+}
+
+
+def check_apply_mask(tensor, mask):
+    check_device(tensor, "tensor", mask, "mask")
+    check_mask(mask, tensor.shape, of="tensor")

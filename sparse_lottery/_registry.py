@@ -1,29 +1,32 @@
-"""Registers one implementation per op and device, choosing among the available backends.
+"""Which implementation serves each op on each device.
 
-Backends: "cpp" (the compiled `_C` extension: C++ CPU kernels, C++/CUDA kernels), "triton"
-(`sparse_lottery.kernels`, CUDA only) and "reference" (pure PyTorch). On the CPU the C++ kernels
-are used when built. On CUDA the order is the user's choice (`set_backend`), by default
-cpp, then triton, then reference; an op a backend lacks falls through to the next one.
+Backends: "cpp" (the compiled `_C` extension, which registers its C++ CPU and C++/CUDA kernels
+with the dispatcher itself when it loads: no Python on the call path), "triton"
+(`sparse_lottery.kernels`, CUDA only) and "reference" (pure PyTorch). Python registers a kernel
+here only where C++ has none, or where the user chose another CUDA backend with `set_backend`:
+that registration lives in its own `Library`, so dropping it restores the C++ kernel.
 """
 
 import functools
 import importlib
 import os
+import warnings
+
+import torch
 
 from . import reference
-from ._extension import _C, LOAD_ERROR, has_cuda_kernels
-from ._library import LIB, SCHEMAS
+from ._extension import _C, has_cuda_kernels
+from ._library import SCHEMAS
+from ._mask_format import CHECKS
 
 KERNEL_OPS = [name for name in SCHEMAS if not name.startswith("masked_conv")]
 BACKENDS = ("cpp", "triton", "reference")
-_cuda_order = list(BACKENDS)
+DEFAULT_CUDA_ORDER = BACKENDS
 
 
 @functools.cache
 def triton_status() -> tuple[bool, str]:
     """(usable, reason) for the Triton kernels on CUDA."""
-    import torch
-
     try:
         importlib.import_module("triton")
     except ImportError as exc:
@@ -35,57 +38,65 @@ def triton_status() -> tuple[bool, str]:
     return True, "available"
 
 
-def _cpp_impl(op: str, device: str):
-    if device == "cuda" and not has_cuda_kernels():
-        return None
-    if device == "cpu" and _C is None:
-        return None
-    return getattr(_C, f"{op}_{device}", None)
-
-
-def _triton_impl(op: str, device: str):
-    if device != "cuda" or not triton_status()[0]:
-        return None
-    kernels = importlib.import_module("sparse_lottery.kernels")
-    return getattr(kernels, op, None)
-
-
-def implementation(op: str, device: str, backend: str):
-    """The callable `backend` provides for `op` on `device`, or None."""
+def provides(backend: str, op: str, device: str) -> bool:
+    """Whether `backend` has a kernel for `op` on `device`."""
     if backend == "cpp":
-        return _cpp_impl(op, device)
+        return _C is not None if device == "cpu" else has_cuda_kernels()
     if backend == "triton":
-        return _triton_impl(op, device)
-    return getattr(reference, op)
+        return device == "cuda" and triton_status()[0] and hasattr(_triton_module(), op)
+    return True
+
+
+def _triton_module():
+    return importlib.import_module("sparse_lottery.kernels")
+
+
+def python_kernel(backend: str, op: str):
+    """The Python callable of a "triton" or "reference" kernel, checking its input first."""
+    fn = getattr(_triton_module() if backend == "triton" else reference, op)
+    check = CHECKS[op]
+
+    @functools.wraps(fn)
+    def run(*args):
+        check(*args)
+        return fn(*args)
+
+    return run
+
+
+class _Selection:
+    """The backend chosen per (op, device) and the Python registrations that enact it."""
+
+    def __init__(self):
+        self.cuda_order = list(DEFAULT_CUDA_ORDER)
+        self.library = None
+        self.chosen: dict[tuple[str, str], str] = {}
+
+    def apply(self) -> None:
+        if self.library is not None:
+            self.library._destroy()  # the C++ kernels it shadowed serve again
+        self.library = torch.library.Library("sparse_lottery", "IMPL")
+        for op in KERNEL_OPS:
+            for device, order in (("cpu", ["cpp", "reference"]), ("cuda", self.cuda_order)):
+                backend = next(b for b in order if provides(b, op, device))
+                self.chosen[op, device] = backend
+                if backend != "cpp":
+                    with warnings.catch_warnings():  # "Overriding a previously registered kernel"
+                        warnings.simplefilter("ignore")
+                        self.library.impl(op, python_kernel(backend, op), device.upper())
+
+
+_selection = _Selection()
+_selection.apply()
 
 
 def selected_backend(op: str, device: str) -> str:
-    order = _cuda_order if device == "cuda" else ["cpp", "reference"]
-    return next(b for b in order if implementation(op, device, b) is not None)
+    return _selection.chosen[op, device]
 
 
 def set_cuda_order(order: list[str]) -> None:
     bad = [b for b in order if b not in BACKENDS]
     if bad or not order:
         raise ValueError(f"backend: expected a non-empty list of {list(BACKENDS)}, got {order}")
-    _cuda_order[:] = list(order) + [b for b in BACKENDS if b not in order]
-    _dispatch_cuda.cache_clear()
-
-
-@functools.cache
-def _dispatch_cuda(op: str):
-    return implementation(op, "cuda", selected_backend(op, "cuda"))
-
-
-def _register() -> None:
-    for op in KERNEL_OPS:
-        LIB.impl(op, implementation(op, "cpu", selected_backend(op, "cpu")), "CPU")
-        LIB.impl(op, functools.partial(_call_cuda, op), "CUDA")
-
-
-def _call_cuda(op, *args):
-    return _dispatch_cuda(op)(*args)
-
-
-_register()
-cpp_load_error = LOAD_ERROR
+    _selection.cuda_order = list(order) + [b for b in BACKENDS if b not in order]
+    _selection.apply()

@@ -3,7 +3,7 @@
 import torch
 
 from . import _registry
-from ._extension import LOAD_ERROR, _C, has_cuda_kernels
+from ._extension import _C, LOAD_ERROR, has_cuda_kernels
 
 
 def backends() -> dict:
@@ -37,8 +37,10 @@ def backends() -> dict:
         "reference": {"available": True, "reason": "pure PyTorch, always available"},
     }
     report["selected"] = {
-        op: {"cpu": _registry.selected_backend(op, "cpu"),
-             "cuda": _registry.selected_backend(op, "cuda")}
+        op: {
+            "cpu": _registry.selected_backend(op, "cpu"),
+            "cuda": _registry.selected_backend(op, "cuda"),
+        }
         for op in _registry.KERNEL_OPS
     }
     return report

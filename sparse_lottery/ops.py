@@ -19,11 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from . import _registry  # noqa: F401  (registers the CPU and CUDA kernels)
+from ._extension import has_cpu_kernels
 from ._mask_format import (
+    check_apply_mask,
+    check_bool,
     check_device,
     check_float,
+    check_grad_input,
+    check_grad_weight,
     check_mask,
     check_masked_linear,
+    check_masks_list,
+    check_packed,
     check_same,
     gemm_view,
     packed_shape,
@@ -33,22 +40,25 @@ _ops = torch.ops.sparse_lottery
 
 
 # --------------------------------------------------------------------------- typed wrappers
-def masked_linear(input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
+def masked_linear(
+    input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """y = input @ (weight ⊙ mask)ᵀ + bias, over any leading batch dimensions."""
     return _ops.masked_linear(input, weight, mask, bias)
 
 
 def masked_conv1d(input, weight, mask, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """`F.conv1d` with `weight ⊙ mask`; d_weight is masked, no masked weight is kept."""
-    return _ops.masked_conv1d(input, weight, mask, bias, *_conv_args(1, stride, padding, dilation),
-                              groups)
+    return _ops.masked_conv1d(
+        input, weight, mask, bias, *_conv_args(1, stride, padding, dilation), groups
+    )
 
 
 def masked_conv2d(input, weight, mask, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """`F.conv2d` with `weight ⊙ mask`; d_weight is masked, no masked weight is kept."""
-    return _ops.masked_conv2d(input, weight, mask, bias, *_conv_args(2, stride, padding, dilation),
-                              groups)
+    return _ops.masked_conv2d(
+        input, weight, mask, bias, *_conv_args(2, stride, padding, dilation), groups
+    )
 
 
 def apply_mask(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,7 +71,8 @@ def apply_masks_(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
     tensors, masks = list(tensors), list(masks)
     if len(tensors) != len(masks):
         raise ValueError(f"masks: expected {len(tensors)} masks (one per tensor), got {len(masks)}")
-    _ops.apply_masks_(tensors, masks)
+    if tensors:  # the dispatcher needs at least one tensor to pick a device
+        _ops.apply_masks_(tensors, masks)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -87,89 +98,37 @@ def _(input, weight, mask, bias=None):
 
 @torch.library.register_fake("sparse_lottery::masked_linear_grad_input")
 def _(grad_output, weight, mask):
-    _check_grad_input(grad_output, weight, mask)
+    check_grad_input(grad_output, weight, mask)
     return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
 
 
 @torch.library.register_fake("sparse_lottery::masked_linear_grad_weight")
 def _(grad_output, input, mask):
-    _check_grad_weight(grad_output, input, mask)
+    check_grad_weight(grad_output, input, mask)
     return input.new_empty((grad_output.shape[-1], input.shape[-1]))
 
 
 @torch.library.register_fake("sparse_lottery::apply_mask")
 def _(tensor, mask):
-    check_device(tensor, "tensor", mask, "mask")
-    check_mask(mask, tensor.shape, of="tensor")
+    check_apply_mask(tensor, mask)
     return torch.empty_like(tensor)
 
 
 @torch.library.register_fake("sparse_lottery::apply_masks_")
 def _(tensors, masks):
-    _check_masks_list(tensors, masks)
+    check_masks_list(tensors, masks)
 
 
 @torch.library.register_fake("sparse_lottery::pack_mask")
 def _(mask):
-    _check_bool(mask)
+    check_bool(mask)
     return mask.new_empty(packed_shape(mask.shape), dtype=torch.uint8)
 
 
 @torch.library.register_fake("sparse_lottery::unpack_mask")
 def _(packed, shape):
-    _check_packed(packed, shape)
+    check_packed(packed, shape)
     return packed.new_empty(shape, dtype=torch.bool)
-
-
-def _check_grad_input(grad_output, weight, mask):
-    check_float(weight, "weight")
-    check_same(weight, "weight", grad_output, "grad_output")
-    torch._check(weight.dim() == 2, lambda: f"weight: expected 2-D, got {weight.dim()}-D")
-    torch._check(
-        grad_output.dim() >= 1 and grad_output.shape[-1] == weight.shape[0],
-        lambda: f"grad_output: expected last dimension out_features={weight.shape[0]}, "
-        f"got shape {list(grad_output.shape)}",
-    )
-    check_device(weight, "weight", mask, "mask")
-    check_mask(mask, weight.shape)
-
-
-def _check_grad_weight(grad_output, input, mask):
-    check_float(input, "input")
-    check_same(input, "input", grad_output, "grad_output")
-    torch._check(
-        grad_output.shape[:-1] == input.shape[:-1],
-        lambda: f"grad_output: expected batch dimensions {list(input.shape[:-1])} (input's), "
-        f"got {list(grad_output.shape[:-1])}",
-    )
-    check_device(input, "input", mask, "mask")
-    check_mask(mask, (grad_output.shape[-1], input.shape[-1]))
-
-
-def _check_masks_list(tensors, masks):
-    torch._check(
-        len(tensors) == len(masks),
-        lambda: f"masks: expected {len(tensors)} masks (one per tensor), got {len(masks)}",
-    )
-    for i, (t, m) in enumerate(zip(tensors, masks)):
-        check_device(t, f"tensors[{i}]", m, f"masks[{i}]")
-        check_mask(m, t.shape, name=f"masks[{i}]", of=f"tensors[{i}]")
-
-
-def _check_bool(mask):
-    torch._check(mask.dtype == torch.bool,
-                 lambda: f"mask: expected dtype torch.bool, got {mask.dtype}")
-
-
-def _check_packed(packed, shape):
-    torch._check(packed.dtype == torch.uint8,
-                 lambda: f"packed: expected dtype torch.uint8, got {packed.dtype}")
-    expected = packed_shape(shape)
-    torch._check(
-        tuple(packed.shape) == expected,
-        lambda: f"packed: expected shape {list(expected)} for a mask of shape {list(shape)}, "
-        f"got {list(packed.shape)}",
-    )
 
 
 # --------------------------------------------------------------------------- autograd
@@ -192,9 +151,10 @@ def _linear_backward(ctx, grad):
     return grad_input, grad_weight, None, grad_bias
 
 
-torch.library.register_autograd(
-    "sparse_lottery::masked_linear", _linear_backward, setup_context=_linear_setup
-)
+if not has_cpu_kernels():  # the extension registers this autograd in C++ (csrc/registration.cpp)
+    torch.library.register_autograd(
+        "sparse_lottery::masked_linear", _linear_backward, setup_context=_linear_setup
+    )
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -229,8 +189,16 @@ def _conv_backward(ctx, grad):
     stride, padding, dilation, groups = ctx.conv_args
     need = ctx.needs_input_grad
     grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-        grad, input, _ops.apply_mask(weight, mask), ctx.bias_shape, stride, padding, dilation,
-        False, [0] * len(stride), groups,
+        grad,
+        input,
+        _ops.apply_mask(weight, mask),
+        ctx.bias_shape,
+        stride,
+        padding,
+        dilation,
+        False,
+        [0] * len(stride),
+        groups,
         [need[0], need[1], ctx.bias_shape is not None and need[3]],
     )
     if grad_weight is not None:

@@ -18,14 +18,14 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     if pad:
         flat = F.pad(flat, (0, pad))
     bits = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
-    return (flat.reshape(rows, -1, 8) * bits).sum(-1, dtype=torch.uint8)
+    return (flat.reshape(rows, (cols + pad) // 8, 8) * bits).sum(-1, dtype=torch.uint8)
 
 
 def unpack_mask(packed: torch.Tensor, shape) -> torch.Tensor:
     rows, cols = gemm_view(shape)
     bits = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
-    flat = (packed.reshape(rows, -1, 1) & bits) != 0
-    return flat.reshape(rows, -1)[:, :cols].reshape(tuple(shape))
+    flat = (packed.reshape(rows, packed.shape[-1], 1) & bits) != 0
+    return flat.reshape(rows, 8 * packed.shape[-1])[:, :cols].reshape(tuple(shape)).contiguous()
 
 
 def as_bool(mask: torch.Tensor, shape) -> torch.Tensor:

@@ -1,0 +1,12 @@
+"""Masked drop-in layers: `MaskedLinear`, `MaskedConv1d`, `MaskedConv2d`.
+
+Example:
+    >>> import torch, sparse_lottery as sl
+    >>> conv = sl.nn.MaskedConv2d.from_dense(torch.nn.Conv2d(3, 8, 3))
+    >>> conv.density
+    1.0
+"""
+
+from .masked import MASK_BUFFER, MASKED_TYPES, MaskedConv1d, MaskedConv2d, MaskedLinear
+
+__all__ = ["MaskedLinear", "MaskedConv1d", "MaskedConv2d", "MASKED_TYPES", "MASK_BUFFER"]

@@ -1,0 +1,106 @@
+// Registers the C++ kernels as the CPU and CUDA implementations of the torch.ops.sparse_lottery
+// ops, and masked_linear's autograd, directly with the dispatcher: no Python on the call path.
+// The schemas are defined once, in sparse_lottery/_library.py, which runs before this library
+// is loaded; sparse_lottery/ops.py registers the fake kernels (and the Python autograd used
+// only when this extension is absent).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "sparse_lottery.h"
+
+namespace sparse_lottery {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor unpack_mask_cpu_sym(const at::Tensor& packed, c10::SymIntArrayRef shape) {
+  return unpack_mask_cpu(packed, C10_AS_INTARRAYREF_SLOW(shape).vec());
+}
+#ifdef WITH_CUDA
+at::Tensor unpack_mask_cuda_sym(const at::Tensor& packed, c10::SymIntArrayRef shape) {
+  return unpack_mask_cuda(packed, C10_AS_INTARRAYREF_SLOW(shape).vec());
+}
+#endif
+
+// The ops, called through the dispatcher so that every device (and FakeTensor) is served.
+at::Tensor call_masked_linear(const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& mask, const std::optional<at::Tensor>& bias) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::masked_linear", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&)>();
+  return op.call(input, weight, mask, bias);
+}
+
+using GradOp = c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&)>;
+
+GradOp grad_op(const char* name) {
+  return c10::Dispatcher::singleton()
+      .findSchemaOrThrow(name, "")
+      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+}
+
+// d_input = grad @ (W⊙M), d_weight = (gradᵀ x)⊙M, d_bias = Σ grad; only what is needed.
+class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& weight, const at::Tensor& mask,
+                            const std::optional<at::Tensor>& bias) {
+    // ctx->needs_input_grad is only valid once the graph node has edges (not when no input
+    // requires grad), so the inputs' flags decide what to keep: x for d_weight, W for d_input.
+    ctx->save_for_backward({weight.requires_grad() ? input : at::Tensor(),
+                            input.requires_grad() ? weight : at::Tensor(), mask});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_masked_linear(input, weight, mask, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grads[0];
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(0)) {
+      static const GradOp op = grad_op("sparse_lottery::masked_linear_grad_input");
+      grad_input = op.call(grad, saved[1], saved[2]);
+    }
+    if (ctx->needs_input_grad(1)) {
+      static const GradOp op = grad_op("sparse_lottery::masked_linear_grad_weight");
+      grad_weight = op.call(grad, saved[0], saved[2]);
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(3)) {
+      grad_bias = grad.reshape({-1, grad.size(-1)}).sum(0);
+    }
+    return {grad_input, grad_weight, at::Tensor(), grad_bias};
+  }
+};
+
+at::Tensor masked_linear_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                  const at::Tensor& mask, const std::optional<at::Tensor>& bias) {
+  return MaskedLinear::apply(input, weight, mask, bias);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
+  m.impl("masked_linear", &masked_linear_autograd);
+}
+
+#define SL_REGISTER(device)                                                   \
+  m.impl("masked_linear", &masked_linear_##device);                           \
+  m.impl("masked_linear_grad_input", &masked_linear_grad_input_##device);     \
+  m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_##device);   \
+  m.impl("apply_mask", &apply_mask_##device);                                 \
+  m.impl("apply_masks_", &apply_masks__##device);                             \
+  m.impl("pack_mask", &pack_mask_##device);                                   \
+  m.impl("unpack_mask", &unpack_mask_##device##_sym)
+
+TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) { SL_REGISTER(cpu); }
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(sparse_lottery, CUDA, m) { SL_REGISTER(cuda); }
+#endif
+
+}  // namespace sparse_lottery

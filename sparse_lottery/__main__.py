@@ -1,0 +1,83 @@
+"""Command line: `sparse-lottery <command>` or `python -m sparse_lottery <command>`.
+
+Commands are registered in `COMMANDS` (name → help, add_arguments, run); adding one is adding an
+entry. `run(args)` returns the exit status.
+
+Example:
+    $ python -m sparse_lottery backends
+    $ python -m sparse_lottery quickstart --epochs 5 --sparsity 0.9 --seed 0
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _backends_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+
+def _backends(args: argparse.Namespace) -> int:
+    import json
+
+    from .backends import backends, format_backends
+
+    report = backends()
+    print(json.dumps(report, indent=2) if args.json else format_backends(report))
+    return 0
+
+
+def _quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    from .quickstart import add_arguments
+
+    add_arguments(parser)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import main
+
+    return main(args)
+
+
+COMMANDS: dict[str, Command] = {
+    "quickstart": Command(
+        "one lottery-ticket round on MNIST-1D (dense vs sparse accuracy)",
+        _quickstart_arguments,
+        _quickstart,
+    ),
+    "backends": Command(
+        "which kernel backends are available, and why not", _backends_arguments, _backends
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparse-lottery", description=__doc__.split("\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sparse-lottery` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return COMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
