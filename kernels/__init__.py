@@ -18,14 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from sparse_lottery import reference
-from sparse_lottery._mask_format import (
-    check_device,
-    check_float,
-    check_mask,
-    check_masked_linear,
-    check_same,
-    packed_shape,
-)
+from sparse_lottery._mask_format import CHECKS
 
 from .mask_ops import apply_mask_forward, pack_mask_forward, unpack_mask_forward
 from .masked_matmul import (
@@ -48,7 +41,7 @@ def masked_linear(
     input: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """y = input @ (weight ⊙ mask)ᵀ + bias over any leading batch dimensions."""
-    check_masked_linear(input, weight, mask, bias)
+    CHECKS["masked_linear"](input, weight, mask, bias)
     if weight.dtype == torch.float64:
         return reference.masked_linear(input, weight, mask, bias)
     return masked_linear_forward(input, weight, mask, bias)
@@ -58,18 +51,7 @@ def masked_linear_grad_input(
     grad_output: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """d_input = grad_output @ (weight ⊙ mask); grad_output (..., N) -> (..., K)."""
-    check_float(weight, "weight")
-    check_same(weight, "weight", grad_output, "grad_output")
-    torch._check(weight.dim() == 2, lambda: f"weight: expected 2-D, got {weight.dim()}-D")
-    torch._check(
-        grad_output.dim() >= 1 and grad_output.shape[-1] == weight.shape[0],
-        lambda: (
-            f"grad_output: expected last dimension out_features={weight.shape[0]}, "
-            f"got shape {list(grad_output.shape)}"
-        ),
-    )
-    check_device(weight, "weight", mask, "mask")
-    check_mask(mask, weight.shape)
+    CHECKS["masked_linear_grad_input"](grad_output, weight, mask)
     if weight.dtype == torch.float64:
         return reference.masked_linear_grad_input(grad_output, weight, mask)
     return masked_linear_backward_input(grad_output, weight, mask)
@@ -79,17 +61,7 @@ def masked_linear_grad_weight(
     grad_output: torch.Tensor, input: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """d_weight = (grad_outputᵀ @ input) ⊙ mask, exactly zero where pruned; -> (N, K)."""
-    check_float(input, "input")
-    check_same(input, "input", grad_output, "grad_output")
-    torch._check(
-        input.dim() >= 1 and grad_output.shape[:-1] == input.shape[:-1],
-        lambda: (
-            f"grad_output: expected batch dimensions {list(input.shape[:-1])} (input's), "
-            f"got {list(grad_output.shape[:-1])}"
-        ),
-    )
-    check_device(input, "input", mask, "mask")
-    check_mask(mask, (grad_output.shape[-1], input.shape[-1]))
+    CHECKS["masked_linear_grad_weight"](grad_output, input, mask)
     if input.dtype == torch.float64:
         return reference.masked_linear_grad_weight(grad_output, input, mask)
     return masked_linear_backward_weight(grad_output, input, mask)
@@ -97,31 +69,17 @@ def masked_linear_grad_weight(
 
 def apply_mask(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """tensor ⊙ mask, out of place (pruned entries become +0)."""
-    check_device(tensor, "tensor", mask, "mask")
-    check_mask(mask, tensor.shape, of="tensor")
+    CHECKS["apply_mask"](tensor, mask)
     return apply_mask_forward(tensor, mask)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """Bool mask -> uint8 of shape `packed_shape(mask.shape)`, 1 bit per entry."""
-    torch._check(
-        mask.dtype == torch.bool, lambda: f"mask: expected dtype torch.bool, got {mask.dtype}"
-    )
+    CHECKS["pack_mask"](mask)
     return pack_mask_forward(mask)
 
 
 def unpack_mask(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """The bool mask of `shape` that `packed` encodes."""
-    torch._check(
-        packed.dtype == torch.uint8,
-        lambda: f"packed: expected dtype torch.uint8, got {packed.dtype}",
-    )
-    expected = packed_shape(shape)
-    torch._check(
-        tuple(packed.shape) == expected,
-        lambda: (
-            f"packed: expected shape {list(expected)} for a mask of shape {list(shape)}, "
-            f"got {list(packed.shape)}"
-        ),
-    )
+    CHECKS["unpack_mask"](packed, shape)
     return unpack_mask_forward(packed, shape)

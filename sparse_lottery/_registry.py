@@ -52,9 +52,11 @@ def _triton_module():
 
 
 def python_kernel(backend: str, op: str):
-    """The Python callable of a "triton" or "reference" kernel, checking its input first."""
-    fn = getattr(_triton_module() if backend == "triton" else reference, op)
-    check = CHECKS[op]
+    """The Python callable of a "triton" kernel (which checks its input itself) or a
+    "reference" one (checked here first, like every other backend)."""
+    if backend == "triton":
+        return getattr(_triton_module(), op)
+    fn, check = getattr(reference, op), CHECKS[op]
 
     @functools.wraps(fn)
     def run(*args):

@@ -15,12 +15,20 @@ OPS = torch.ops.sparse_lottery
 
 
 def _targets():
-    """(device, backend) pairs to test: the CPU's selected backend, every usable CUDA one."""
-    pairs = [("cpu", _registry.selected_backend("masked_linear", "cpu"))]
-    if "cuda" in DEVICES:
-        pairs += [
-            ("cuda", b) for b in ("cpp", "triton") if _registry.provides(b, "masked_linear", "cuda")
-        ]
+    """(device, backend) pairs to test: the CPU's selected backend and every CUDA backend,
+    the CUDA ones skipped with the reason where they cannot run."""
+    cpu = _registry.selected_backend("masked_linear", "cpu")
+    pairs = [pytest.param(("cpu", cpu), id=f"cpu-{cpu}")]
+    for backend in ("cpp", "triton"):
+        usable = "cuda" in DEVICES and _registry.provides(backend, "masked_linear", "cuda")
+        why = "no CUDA GPU visible" if "cuda" not in DEVICES else f"{backend} not available"
+        pairs.append(
+            pytest.param(
+                ("cuda", backend),
+                id=f"cuda-{backend}",
+                marks=pytest.mark.skipif(not usable, reason=why),
+            )
+        )
     return pairs
 
 
@@ -38,7 +46,7 @@ def using(device, backend):
             sl.set_backend("cpp", "triton", "reference")
 
 
-@pytest.fixture(params=TARGETS, ids=[f"{d}-{b}" for d, b in TARGETS])
+@pytest.fixture(params=TARGETS)
 def target(request):
     device, backend = request.param
     with using(device, backend):

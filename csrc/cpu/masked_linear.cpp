@@ -104,6 +104,18 @@ at::Tensor scratch(int64_t rows, int64_t cols, const at::TensorOptions& options)
   return at::from_blob(buffer.get(), {rows, cols}, options);
 }
 
+// The whole contiguous (N, K) weight ⊙ mask in this thread's scratch (single-panel problems).
+at::Tensor masked_into_scratch(const at::Tensor& w, const cpu::MaskRef& mref) {
+  const int64_t N = w.size(0), K = w.size(1);
+  at::Tensor buf = scratch(N, K, w.options());
+  cpu::dispatch_width(w.scalar_type(), "weight", [&](auto tag) {
+    using T = decltype(tag);
+    cpu::mask_range(static_cast<const T*>(w.data_ptr()), mref, K, 0, N * K,
+                    static_cast<T*>(buf.data_ptr()));
+  });
+  return buf;
+}
+
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got device ", t.device());
 }
@@ -148,13 +160,9 @@ at::Tensor masked_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   const int64_t threads = panel_threads(M * N * K);
   const int64_t nb = panel_len(N, K * weight.element_size(), threads);
   if (nb >= N) {  // one panel: a single BLAS call that allocates and threads the product itself
-    const at::Tensor buf = scratch(N, K, weight.options());
-    cpu::dispatch_width(weight.scalar_type(), "weight", [&](auto tag) {
-      using T = decltype(tag);
-      cpu::mask_range(static_cast<const T*>(w.data_ptr()), mref, K, 0, N * K,
-                      static_cast<T*>(buf.data_ptr()));
-    });
-    const at::Tensor out = bias.has_value() ? at::addmm(bias->detach(), x, buf.t()) : at::mm(x, buf.t());
+    const at::Tensor buf = masked_into_scratch(w, mref);
+    const at::Tensor out =
+        bias.has_value() ? at::addmm(bias->detach(), x, buf.t()) : at::mm(x, buf.t());
     return out.view(out_sizes);
   }
   at::Tensor out = at::empty({M, N}, weight.options());
@@ -197,12 +205,7 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_output, const at:
   const int64_t threads = panel_threads(M * N * K);
   const int64_t kb = panel_len(K, N * weight.element_size(), threads);
   if (kb >= K) {  // one panel: a single BLAS call that allocates and threads the product itself
-    const at::Tensor buf = scratch(N, K, weight.options());
-    cpu::dispatch_width(weight.scalar_type(), "weight", [&](auto tag) {
-      using T = decltype(tag);
-      cpu::mask_range(static_cast<const T*>(w.data_ptr()), mref, K, 0, N * K,
-                      static_cast<T*>(buf.data_ptr()));
-    });
+    const at::Tensor buf = masked_into_scratch(w, mref);
     return at::mm(g, buf).view(out_sizes);
   }
   at::Tensor out = at::empty({M, K}, weight.options());
