@@ -62,6 +62,10 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad = grads[0];
     at::Tensor grad_input, grad_weight, grad_bias;
+    // The gradient ops have no autograd of their own: unless a graph of the backward is being
+    // built (create_graph), skip the Autograd and ADInplaceOrView keys (a few µs per call).
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
     if (ctx->needs_input_grad(0)) {
       static const GradOp op = grad_op("sparse_lottery::masked_linear_grad_input");
       grad_input = op.call(grad, saved[1], saved[2]);
