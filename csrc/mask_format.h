@@ -86,4 +86,38 @@ inline void check_masked_linear(const at::Tensor& input, const at::Tensor& weigh
   }
 }
 
+// masked_linear_grad_input(grad_output (..., N), weight (N, K), mask).
+inline void check_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                             const at::Tensor& mask) {
+  TORCH_CHECK(weight.dim() == 2, "weight: expected a 2-D tensor (out_features, in_features), got ",
+              weight.dim(), "-D of shape ", weight.sizes());
+  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "weight: expected a floating dtype, got ",
+              dtype_name(weight.scalar_type()));
+  check_same_device(weight, "weight", grad_output, "grad_output");
+  check_same_dtype(weight, "weight", grad_output, "grad_output");
+  TORCH_CHECK(grad_output.dim() >= 1 && grad_output.size(-1) == weight.size(0),
+              "grad_output: expected last dimension out_features=", weight.size(0),
+              " (weight is ", weight.sizes(), "), got shape ", grad_output.sizes());
+  check_same_device(weight, "weight", mask, "mask");
+  check_mask(mask, weight.sizes());
+}
+
+// masked_linear_grad_weight(grad_output (..., N), input (..., K), mask of (N, K));
+// returns true when the mask is packed.
+inline bool check_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                              const at::Tensor& mask) {
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), "input: expected a floating dtype, got ",
+              dtype_name(input.scalar_type()));
+  check_same_device(input, "input", grad_output, "grad_output");
+  check_same_dtype(input, "input", grad_output, "grad_output");
+  TORCH_CHECK(input.dim() >= 1, "input: expected at least 1 dimension, got a scalar");
+  const at::IntArrayRef batch = input.sizes().slice(0, input.dim() - 1);
+  TORCH_CHECK(grad_output.dim() == input.dim() &&
+                  grad_output.sizes().slice(0, grad_output.dim() - 1) == batch,
+              "grad_output: expected batch dimensions ", batch, " (input's), got shape ",
+              grad_output.sizes());
+  check_same_device(input, "input", mask, "mask");
+  return check_mask(mask, {grad_output.size(-1), input.size(-1)}, "mask", "grad_weight");
+}
+
 }  // namespace sparse_lottery

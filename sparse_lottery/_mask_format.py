@@ -29,10 +29,6 @@ def packed_shape(shape: Sequence[int]) -> tuple[int, int]:
     return rows, (cols + 7) // 8
 
 
-def is_packed(mask: torch.Tensor) -> bool:
-    return mask.dtype == torch.uint8
-
-
 def check_mask(
     mask: torch.Tensor, shape: Sequence[int], name: str = "mask", of: str = "weight"
 ) -> None:
@@ -186,19 +182,19 @@ def check_packed(packed, shape):
     )
 
 
+def check_apply_mask(tensor, mask):
+    check_device(tensor, "tensor", mask, "mask")
+    check_mask(mask, tensor.shape, of="tensor")
+
+
 # The checks each kernel op runs before a Python backend (reference, Triton) sees its input;
 # the C++ kernels run the same checks (csrc/mask_format.h).
 CHECKS = {
     "masked_linear": check_masked_linear,
     "masked_linear_grad_input": check_grad_input,
     "masked_linear_grad_weight": check_grad_weight,
-    "apply_mask": lambda tensor, mask: check_apply_mask(tensor, mask),
+    "apply_mask": check_apply_mask,
     "apply_masks_": check_masks_list,
     "pack_mask": check_bool,
     "unpack_mask": check_packed,
 }
-
-
-def check_apply_mask(tensor, mask):
-    check_device(tensor, "tensor", mask, "mask")
-    check_mask(mask, tensor.shape, of="tensor")

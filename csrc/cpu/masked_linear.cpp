@@ -120,21 +120,6 @@ void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, ": expected a CPU tensor, got device ", t.device());
 }
 
-void check_weight_like(const at::Tensor& weight, const at::Tensor& grad_output,
-                       const at::Tensor& mask) {
-  TORCH_CHECK(weight.dim() == 2, "weight: expected a 2-D tensor (out_features, in_features), got ",
-              weight.dim(), "-D of shape ", weight.sizes());
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "weight: expected a floating dtype, got ",
-              dtype_name(weight.scalar_type()));
-  check_same_device(weight, "weight", grad_output, "grad_output");
-  check_same_dtype(weight, "weight", grad_output, "grad_output");
-  TORCH_CHECK(grad_output.dim() >= 1 && grad_output.size(-1) == weight.size(0),
-              "grad_output: expected last dimension out_features=", weight.size(0),
-              " (weight is ", weight.sizes(), "), got shape ", grad_output.sizes());
-  check_same_device(weight, "weight", mask, "mask");
-  check_mask(mask, weight.sizes());
-}
-
 }  // namespace
 
 // y = input @ (weight ⊙ mask)ᵀ + bias.
@@ -192,7 +177,7 @@ at::Tensor masked_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
 // [k0, k0 + cols) of the (M, K) output.
 at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
                                         const at::Tensor& mask) {
-  check_weight_like(weight, grad_output, mask);
+  check_grad_input(grad_output, weight, mask);
   check_cpu(weight, "weight");
   const int64_t N = weight.size(0), K = weight.size(1);
   std::vector<int64_t> out_sizes = grad_output.sizes().vec();
@@ -230,19 +215,9 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_output, const at:
 // in place right after, while it is still in cache.
 at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& mask) {
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), "input: expected a floating dtype, got ",
-              dtype_name(input.scalar_type()));
+  check_grad_weight(grad_output, input, mask);
   check_cpu(input, "input");
-  check_same_device(input, "input", grad_output, "grad_output");
-  check_same_dtype(input, "input", grad_output, "grad_output");
-  TORCH_CHECK(input.dim() >= 1 && grad_output.dim() == input.dim() &&
-                  grad_output.sizes().slice(0, input.dim() - 1) ==
-                      input.sizes().slice(0, input.dim() - 1),
-              "grad_output: expected batch dimensions ", input.sizes().slice(0, input.dim() - 1),
-              " (input's) and a last dimension, got shape ", grad_output.sizes());
-  check_same_device(input, "input", mask, "mask");
   const int64_t N = grad_output.size(-1), K = input.size(-1);
-  check_mask(mask, {N, K}, "mask", "grad_weight");
   const at::Tensor g = grad_output.detach().reshape({-1, N});
   if (N == 0 || K == 0 || g.size(0) == 0) return at::zeros({N, K}, input.options());
   // g[:, panel]ᵀ must be BLAS-readable: row-major g gives a column-major slice.

@@ -46,12 +46,6 @@ std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
   return out;
 }
 
-void check_float_cuda(const at::Tensor& t, const char* name) {
-  cuda::check_cuda(t, name);
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, ": expected a floating dtype, got ",
-              dtype_name(t.scalar_type()));
-}
-
 }  // namespace
 
 at::Tensor masked_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
@@ -70,16 +64,8 @@ at::Tensor masked_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
 
 at::Tensor masked_linear_grad_input_cuda(const at::Tensor& grad_output, const at::Tensor& weight,
                                          const at::Tensor& mask) {
-  check_float_cuda(weight, "weight");
-  TORCH_CHECK(weight.dim() == 2, "weight: expected a 2-D tensor (out_features, in_features), got ",
-              weight.dim(), "-D of shape ", weight.sizes());
-  check_same_device(weight, "weight", grad_output, "grad_output");
-  check_same_dtype(weight, "weight", grad_output, "grad_output");
-  TORCH_CHECK(grad_output.dim() >= 1 && grad_output.size(-1) == weight.size(0),
-              "grad_output: expected last dimension out_features=", weight.size(0), ", got shape ",
-              grad_output.sizes());
-  check_same_device(weight, "weight", mask, "mask");
-  check_mask(mask, weight.sizes());
+  cuda::check_cuda(weight, "weight");
+  check_grad_input(grad_output, weight, mask);
   const c10::cuda::CUDAGuard guard(weight.device());
   const int64_t n = weight.size(0), k = weight.size(1);
   const std::vector<int64_t> out_sizes = with_last(grad_output.sizes(), k);
@@ -90,18 +76,9 @@ at::Tensor masked_linear_grad_input_cuda(const at::Tensor& grad_output, const at
 
 at::Tensor masked_linear_grad_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                           const at::Tensor& mask) {
-  check_float_cuda(input, "input");
-  check_same_device(input, "input", grad_output, "grad_output");
-  check_same_dtype(input, "input", grad_output, "grad_output");
-  TORCH_CHECK(input.dim() >= 1, "input: expected at least 1 dimension, got a scalar");
-  const at::IntArrayRef batch = input.sizes().slice(0, input.dim() - 1);
-  TORCH_CHECK(grad_output.dim() == input.dim() &&
-                  grad_output.sizes().slice(0, grad_output.dim() - 1) == batch,
-              "grad_output: expected batch dimensions ", batch, " (input's), got shape ",
-              grad_output.sizes());
+  cuda::check_cuda(input, "input");
+  const bool packed = check_grad_weight(grad_output, input, mask);
   const int64_t n = grad_output.size(-1), k = input.size(-1);
-  check_same_device(input, "input", mask, "mask");
-  const bool packed = check_mask(mask, {n, k});
   const c10::cuda::CUDAGuard guard(input.device());
   if (n == 0 || k == 0) return at::empty({n, k}, input.options());
   at::Tensor dw = at::mm(rows_of(grad_output, n).t(), rows_of(input, k));  // zeros if no batch
