@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace sparse_lottery {
@@ -31,6 +32,17 @@ void apply_masks__cpu(std::vector<at::Tensor> tensors, std::vector<at::Tensor> m
 // bool mask -> packed uint8; packed -> bool mask of `shape`.
 at::Tensor pack_mask_cpu(const at::Tensor& mask);
 at::Tensor unpack_mask_cpu(const at::Tensor& packed, std::vector<int64_t> shape);
+// Selection (semantics in selection.h). magnitude_prune -> (new masks in the format of the given
+// masks, bool where absent; thresholds float64 [groups]; removed int64 [groups]), the last two
+// on the CPU. random_prune -> (new masks, removed int64 [groups]).
+using MagnitudePruneResult = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor>;
+using RandomPruneResult = std::tuple<std::vector<at::Tensor>, at::Tensor>;
+MagnitudePruneResult magnitude_prune_cpu(at::TensorList weights,
+                                         const c10::List<std::optional<at::Tensor>>& masks,
+                                         at::ArrayRef<double> amounts, bool counts,
+                                         bool layerwise);
+RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> amounts,
+                                   bool counts, bool layerwise, int64_t seed);
 
 #ifdef WITH_CUDA
 at::Tensor masked_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
@@ -43,6 +55,12 @@ at::Tensor apply_mask_cuda(const at::Tensor& tensor, const at::Tensor& mask);
 void apply_masks__cuda(std::vector<at::Tensor> tensors, std::vector<at::Tensor> masks);
 at::Tensor pack_mask_cuda(const at::Tensor& mask);
 at::Tensor unpack_mask_cuda(const at::Tensor& packed, std::vector<int64_t> shape);
+MagnitudePruneResult magnitude_prune_cuda(at::TensorList weights,
+                                          const c10::List<std::optional<at::Tensor>>& masks,
+                                          at::ArrayRef<double> amounts, bool counts,
+                                          bool layerwise);
+RandomPruneResult random_prune_cuda(at::TensorList masks, at::ArrayRef<double> amounts,
+                                    bool counts, bool layerwise, int64_t seed);
 std::string cuda_archs();
 #endif
 

@@ -25,6 +25,17 @@ SCHEMAS = {
     "apply_masks_": "(Tensor(a!)[] tensors, Tensor[] masks) -> ()",
     "pack_mask": "(Tensor mask) -> Tensor",
     "unpack_mask": "(Tensor packed, SymInt[] shape) -> Tensor",
+    # Selection (semantics in csrc/selection.h): new masks, then per group (one for the global
+    # scope, one per tensor for layerwise) the threshold magnitude and the count removed, as CPU
+    # float64 / int64 tensors. `counts`: the amounts are exact counts, else fractions of survivors.
+    "magnitude_prune": (
+        "(Tensor[] weights, Tensor?[] masks, float[] amounts, bool counts, bool layerwise) "
+        "-> (Tensor[], Tensor, Tensor)"
+    ),
+    "random_prune": (
+        "(Tensor[] masks, float[] amounts, bool counts, bool layerwise, int seed) "
+        "-> (Tensor[], Tensor)"
+    ),
 }
 
 for _name, _schema in SCHEMAS.items():

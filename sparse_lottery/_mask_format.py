@@ -187,6 +187,52 @@ def check_apply_mask(tensor, mask):
     check_mask(mask, tensor.shape, of="tensor")
 
 
+SELECTION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_amounts(amounts, counts: bool, layerwise: bool, tensors: int) -> None:
+    """One amount for the global scope, one per tensor for layerwise; fractions in [0, 1] or
+    whole counts ≥ 0."""
+    expected = tensors if layerwise else 1
+    if len(amounts) != expected:
+        scope = "one per tensor, layerwise scope" if layerwise else "global scope"
+        raise ValueError(f"amounts: expected {expected} amount(s) ({scope}), got {len(amounts)}")
+    for i, a in enumerate(amounts):
+        if counts and not (math.isfinite(a) and a >= 0 and float(a).is_integer()):
+            raise ValueError(f"amounts[{i}]: expected a whole count ≥ 0, got {a}")
+        if not counts and not 0.0 <= a <= 1.0:
+            raise ValueError(f"amounts[{i}]: expected a fraction in [0, 1], got {a}")
+
+
+def check_magnitude_prune(weights, masks, amounts, counts, layerwise) -> None:
+    if len(masks) != len(weights):
+        raise ValueError(
+            f"masks: expected {len(weights)} masks (one per weight, or None), got {len(masks)}"
+        )
+    for i, (w, m) in enumerate(zip(weights, masks)):
+        if w.dtype not in SELECTION_DTYPES:
+            raise TypeError(
+                f"weights[{i}]: expected dtype torch.float32, torch.bfloat16 or torch.float16, "
+                f"got {w.dtype}"
+            )
+        check_device(weights[0], "weights[0]", w, f"weights[{i}]")
+        if m is not None:
+            check_device(w, f"weights[{i}]", m, f"masks[{i}]")
+            check_mask(m, w.shape, name=f"masks[{i}]", of=f"weights[{i}]")
+    check_amounts(amounts, counts, layerwise, len(weights))
+
+
+def check_random_prune(masks, amounts, counts, layerwise, seed) -> None:
+    for i, m in enumerate(masks):
+        check_device(masks[0], "masks[0]", m, f"masks[{i}]")
+        if not (m.dtype == torch.bool or (m.dtype == torch.uint8 and m.dim() == 2)):
+            raise TypeError(
+                f"masks[{i}]: expected a bool mask or a packed 2-D torch.uint8 mask, "
+                f"got {m.dim()}-D {m.dtype}"
+            )
+    check_amounts(amounts, counts, layerwise, len(masks))
+
+
 # The checks each kernel op runs before a Python backend (reference, Triton) sees its input;
 # the C++ kernels run the same checks (csrc/mask_format.h).
 CHECKS = {
@@ -197,4 +243,6 @@ CHECKS = {
     "apply_masks_": check_masks_list,
     "pack_mask": check_bool,
     "unpack_mask": check_packed,
+    "magnitude_prune": check_magnitude_prune,
+    "random_prune": check_random_prune,
 }

@@ -41,10 +41,17 @@ def triton_status() -> tuple[bool, str]:
 def provides(backend: str, op: str, device: str) -> bool:
     """Whether `backend` has a kernel for `op` on `device`."""
     if backend == "cpp":
-        return _C is not None if device == "cpu" else has_cuda_kernels()
+        compiled = _C is not None if device == "cpu" else has_cuda_kernels()
+        return compiled and _has_cpp_kernel(op, device)
     if backend == "triton":
         return device == "cuda" and triton_status()[0] and hasattr(_triton_module(), op)
     return True
+
+
+def _has_cpp_kernel(op: str, device: str) -> bool:
+    """Whether the extension registered a kernel for `op` (called before Python registers any)."""
+    key = "CPU" if device == "cpu" else "CUDA"
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_lottery::{op}", key)
 
 
 def _triton_module():

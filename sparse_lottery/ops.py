@@ -35,6 +35,7 @@ from ._mask_format import (
     gemm_view,
     packed_shape,
 )
+from .selection import PruneResult, magnitude_prune, random_prune
 
 _ops = torch.ops.sparse_lottery
 
@@ -231,4 +232,7 @@ __all__ = [
     "unpack_mask",
     "gemm_view",
     "packed_shape",
+    "magnitude_prune",
+    "random_prune",
+    "PruneResult",
 ]

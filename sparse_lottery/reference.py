@@ -63,3 +63,122 @@ def masked_conv1d(input, weight, mask, bias=None, stride=1, padding=0, dilation=
 
 def masked_conv2d(input, weight, mask, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return F.conv2d(input, apply_mask(weight, mask), bias, stride, padding, dilation, groups)
+
+
+# --------------------------------------------------------------------------- selection
+# Sort-based oracles of the selection ops, with the keys and tie-break of csrc/selection.h.
+_INF_KEY = 0x7F800000
+_MASK64 = (1 << 64) - 1
+
+
+def _int64(value: int) -> int:
+    """A Python int's low 64 bits as a signed int64 (torch's integer arithmetic wraps)."""
+    value &= _MASK64
+    return value - (1 << 64) if value >> 63 else value
+
+
+def _shift_right(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(z):
+    """SplitMix64's finaliser on Python ints or int64 tensors (wrapping arithmetic)."""
+    if isinstance(z, int):
+        z &= _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+    z = (z ^ _shift_right(z, 30)) * _int64(0xBF58476D1CE4E5B9)
+    z = (z ^ _shift_right(z, 27)) * _int64(0x94D049BB133111EB)
+    return z ^ _shift_right(z, 31)
+
+
+def magnitude_keys(weight: torch.Tensor) -> torch.Tensor:
+    """int64 keys of |weight| in row-major order: the bits of |w| as float32."""
+    return weight.detach().reshape(-1).float().view(torch.int32).long() & 0x7FFFFFFF
+
+
+def random_keys(seed: int, index: int, rows: int, cols: int, device) -> torch.Tensor:
+    """int64 keys (31 bits) of random_prune for a (rows, cols) mask, row-major."""
+    stream = _mix64(seed + 0x9E3779B97F4A7C15 * (index + 1))
+    r = torch.arange(rows, device=device, dtype=torch.int64)[:, None]
+    c = torch.arange(cols, device=device, dtype=torch.int64)[None, :]
+    position = r * _int64(0xD1B54A32D192ED03) + c * _int64(0x8CB92BA72F3D8DD7)
+    return _shift_right(_mix64(position ^ _int64(stream)), 33).reshape(-1)
+
+
+def _remove_smallest(keys, survivors, amounts, counts, layerwise):
+    """Per group, the flags of the k surviving entries with the smallest keys (ties: first
+    position first), k, and the largest removed key (-1 when none)."""
+    groups = [[i] for i in range(len(keys))] if layerwise else [list(range(len(keys)))]
+    removed = [torch.zeros_like(s) for s in survivors]
+    ks, largest = [], []
+    for group, amount in zip(groups, amounts):
+        parts = [keys[i][survivors[i]] for i in group]
+        pool = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
+        n = pool.numel()
+        k = int(amount) if counts else round(amount * n)
+        if k > n:
+            where = f"tensor {group[0]}" if layerwise else "the pool"
+            raise ValueError(f"amounts: {k} to remove exceeds the {n} surviving weights of {where}")
+        order = torch.sort(pool, stable=True).indices[:k]
+        flags = torch.zeros(n, dtype=torch.bool, device=pool.device)
+        flags[order] = True
+        start = 0
+        for i in group:
+            count = int(survivors[i].sum())
+            removed[i][survivors[i]] = flags[start : start + count]
+            start += count
+        ks.append(k)
+        largest.append(int(pool[order].max()) if k else -1)
+    return removed, ks, largest
+
+
+def _mask_out(survivors, removed, masks, shapes):
+    """New masks (survivors minus removed): packed where the given mask was packed, else bool of
+    `shapes`."""
+    out = []
+    for keep, gone, m, shape in zip(survivors, removed, masks, shapes):
+        new = keep & ~gone
+        packed = m is not None and m.dtype == torch.uint8
+        out.append(pack_mask(new.reshape(m.shape[0], -1)) if packed else new.reshape(shape))
+    return out
+
+
+def magnitude_prune(weights, masks, amounts, counts, layerwise):
+    keys, survivors = [], []
+    for i, (w, m) in enumerate(zip(weights, masks)):
+        key = magnitude_keys(w)
+        if bool((key > _INF_KEY).any()):
+            raise ValueError(f"weights[{i}]: contains NaN, which has no magnitude to rank")
+        keys.append(key)
+        keep = as_bool(m, w.shape) if m is not None else torch.ones_like(w, dtype=torch.bool)
+        survivors.append(keep.reshape(-1))
+    removed, ks, largest = _remove_smallest(keys, survivors, amounts, counts, layerwise)
+    out = _mask_out(survivors, removed, masks, [w.shape for w in weights])
+    thresholds = [
+        torch.tensor(key, dtype=torch.int32).view(torch.float32).item() if key >= 0 else 0.0
+        for key in largest
+    ]
+    return (
+        out,
+        torch.tensor(thresholds, dtype=torch.float64),
+        torch.tensor(ks, dtype=torch.int64),
+    )
+
+
+def random_prune(masks, amounts, counts, layerwise, seed):
+    keys, survivors = [], []
+    for i, m in enumerate(masks):
+        if m.dtype == torch.uint8:  # packed: bits of (rows, 8·bytes); padding bits are zero
+            rows, cols = m.shape[0], 8 * m.shape[1]
+            keep = unpack_mask(m, (rows, cols))
+        else:
+            rows, cols = gemm_view(m.shape)
+            keep = m
+        keys.append(random_keys(seed, i, rows, cols, m.device))
+        survivors.append(keep.reshape(-1))
+    removed, ks, _ = _remove_smallest(keys, survivors, amounts, counts, layerwise)
+    shapes = [m.shape for m in masks]
+    return _mask_out(survivors, removed, masks, shapes), torch.tensor(ks, dtype=torch.int64)
