@@ -21,7 +21,7 @@ from .model import (
     to_torch_prune,
 )
 from .ops import apply_mask, apply_masks_, pack_mask, unpack_mask
-from .pruning import prune_global_magnitude
+from .pruning import PruneReport, prune
 
 __version__ = "0.1.0"
 
@@ -42,5 +42,6 @@ __all__ = [
     "export_dense",
     "from_torch_prune",
     "to_torch_prune",
-    "prune_global_magnitude",
+    "prune",
+    "PruneReport",
 ]

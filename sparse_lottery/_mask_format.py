@@ -29,6 +29,11 @@ def packed_shape(shape: Sequence[int]) -> tuple[int, int]:
     return rows, (cols + 7) // 8
 
 
+def count_kept(packed: torch.Tensor) -> int:
+    """Number of set bits of a packed mask (the weights it keeps), without unpacking it."""
+    return sum(int(((packed >> b) & 1).sum(dtype=torch.int64)) for b in range(8))
+
+
 def check_mask(
     mask: torch.Tensor, shape: Sequence[int], name: str = "mask", of: str = "weight"
 ) -> None:

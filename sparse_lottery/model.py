@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from ._mask_format import count_kept
 from .nn.masked import MASK_BUFFER, MASKED_TYPES, _MaskedMixin, _shallow_clone
 
 Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
@@ -187,7 +188,7 @@ def density(model: nn.Module) -> float:
     layers = [layer for _, layer in _masked_layers(model)]
     if not layers:
         raise ValueError("model: has no masked layers (call sparse_lottery.sparsify first)")
-    kept = sum(int(layer.mask.sum().item()) for layer in layers)
+    kept = sum(count_kept(layer.weight_mask_packed) for layer in layers)
     total = sum(layer.weight.numel() for layer in layers)
     if total == 0:
         return 1.0

@@ -1,62 +1,125 @@
-"""Pruning strategies that update the masks of a model's masked layers.
+"""`prune`: one pruning step on a model's masked layers, as every IMP level takes it.
 
 Example:
     >>> import torch, sparse_lottery as sl
     >>> model = sl.sparsify(torch.nn.Sequential(torch.nn.Linear(40, 100), torch.nn.Linear(100, 10)))
-    >>> sl.prune_global_magnitude(model, 0.9)
+    >>> sum(sl.prune(model, 0.9).removed.values())
     4500
     >>> round(sl.density(model), 3)
     0.1
 """
 
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
-from .model import _masked_layers
+from . import ops
+from ._mask_format import count_kept
+from .model import Selector, _masked_layers, _matches
+
+METHODS = {
+    "global_magnitude": ("magnitude", "global"),
+    "layerwise_magnitude": ("magnitude", "layerwise"),
+    "random_global": ("random", "global"),
+    "random_layerwise": ("random", "layerwise"),
+}
+
+
+@dataclass
+class PruneReport:
+    """What one `prune` call did, per masked layer (by module name): the weights removed and,
+    for magnitude methods, the threshold magnitude that applied (the largest |w| removed in
+    that layer's group; 0.0 when none). Excluded layers are absent."""
+
+    removed: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
-def prune_global_magnitude(model: nn.Module, amount: float) -> int:
-    """Remove the fraction `amount` of the *surviving* masked weights with the smallest |w|,
-    ranked over all masked layers together (one global threshold); returns how many were
-    removed.
+def prune(
+    model: nn.Module,
+    amount: float | int,
+    method: str = "global_magnitude",
+    exclude: Selector = None,
+    rates: Mapping[str, float | int] | None = None,
+    generator: torch.Generator | None = None,
+) -> PruneReport:
+    """Remove `amount` of the surviving weights of `model`'s masked layers and update their
+    masks in place (pruned weights stay pruned).
 
-    Exactly k = round(amount × surviving) weights are removed. Ties at the threshold are broken
-    deterministically: among equal magnitudes, the weight that comes first (layers in
-    `named_modules` order, then row-major index) is pruned first. Calling it n times with p
-    gives density (1 − p)^n, as in iterative magnitude pruning.
+    Args:
+        model: a model with masked layers (see `sparse_lottery.sparsify`).
+        amount: fraction of the surviving weights (float in [0, 1]; exactly
+            round(amount × survivors) are removed) or an exact count (int).
+        method: "global_magnitude" (smallest |w| over all layers together),
+            "layerwise_magnitude" (each layer by itself), "random_global" or "random_layerwise"
+            (uniformly random survivors: the random-pruning baseline).
+        exclude: masked layers never pruned: a glob on the module name, a list of globs, or a
+            callable `(name, module) -> bool` (as in `sparsify`).
+        rates: per-layer overrides, module-name glob → amount: those layers are pruned
+            each by itself at their own amount, with `method`'s criterion; the rest by `method`.
+            The lottery-ticket papers prune the output layer at half the rate, e.g.
+            `rates={"fc3": 0.1}` with `amount=0.2`.
+        generator: the random source of the random methods (default: torch's global one).
+
+    Ties are broken deterministically (the earlier layer in `named_modules` order, then the
+    earlier row-major index, is pruned first); see `sparse_lottery.ops.magnitude_prune`.
 
     Example:
-        >>> model = sl.sparsify(torch.nn.Linear(10, 10))
-        >>> sl.prune_global_magnitude(model, 0.25), sl.density(model)
-        (25, 0.75)
+        >>> layers = torch.nn.Linear(10, 10), torch.nn.Linear(10, 2)
+        >>> report = sl.prune(sl.sparsify(torch.nn.Sequential(*layers)), 0.2, rates={"1": 0.1})
+        >>> report.removed
+        {'0': 20, '1': 2}
     """
-    if not 0.0 <= float(amount) <= 1.0:
-        raise ValueError(f"amount: expected a fraction in [0, 1], got {amount}")
-    layers = [layer for _, layer in _masked_layers(model)]
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    criterion, scope = METHODS[method]
+    layers = dict(_masked_layers(model))
     if not layers:
         raise ValueError("model: has no masked layers (call sparse_lottery.sparsify first)")
-    masks = [layer.mask for layer in layers]
-    device = layers[0].weight.device
-    # |w| of the surviving weights, in layer then row-major order.
-    scores = torch.cat(
-        [layer.weight.detach()[m].abs().float().to(device) for layer, m in zip(layers, masks)]
-    )
-    k = round(float(amount) * scores.numel())
-    if k == 0:
-        return 0
-    threshold = torch.kthvalue(scores, k).values
-    remove = scores < threshold
-    ties = (scores == threshold).nonzero().squeeze(1)
-    remove[ties[: k - int(remove.sum())]] = True
-    start = 0
-    for layer, mask in zip(layers, masks):
-        n = int(mask.sum())
-        new = mask.clone()
-        new[mask] = ~remove[start : start + n].to(mask.device)
-        layer.set_mask(new)
-        start += n
-    return k
+    excluded = {n for n, layer in layers.items() if _matches(exclude, n, layer, False)}
+    overrides: dict[str, float | int] = {}
+    for pattern, rate in (rates or {}).items():
+        hits = [n for n in layers if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ValueError(
+                f"rates: {pattern!r} matches no masked layer; the masked layers are {list(layers)}"
+            )
+        for name in hits:
+            if name in overrides:
+                raise ValueError(f"rates: layer {name!r} is matched by more than one pattern")
+            overrides[name] = rate
+    main = [n for n in layers if n not in excluded and n not in overrides]
+    others = [n for n in overrides if n not in excluded]
+    report = PruneReport()
+    if main:
+        _prune_group(layers, main, amount, scope, criterion, generator, report)
+    if others:
+        amounts = [overrides[n] for n in others]
+        _prune_group(layers, others, amounts, "layerwise", criterion, generator, report)
+    return report
 
 
-__all__ = ["prune_global_magnitude"]
+def _prune_group(layers, names, amount, scope, criterion, generator, report) -> None:
+    masks = [layers[n].weight_mask_packed for n in names]
+    if criterion == "magnitude":
+        weights = [layers[n].weight for n in names]
+        result = ops.magnitude_prune(weights, masks, amount, scope)
+    else:
+        result = ops.random_prune(masks, amount, scope, generator)
+    for i, (name, new) in enumerate(zip(names, result.masks)):
+        group = i if scope == "layerwise" else 0
+        before = count_kept(masks[i]) if scope == "global" else None
+        layers[name].weight_mask_packed.copy_(new)
+        if before is not None:
+            report.removed[name] = before - count_kept(new)
+        else:
+            report.removed[name] = int(result.removed[i])
+        if result.thresholds.numel():
+            report.thresholds[name] = float(result.thresholds[group])
+
+
+__all__ = ["METHODS", "PruneReport", "prune"]

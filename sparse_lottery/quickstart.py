@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import density, sparsify
-from .pruning import prune_global_magnitude
+from .pruning import prune
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _lottery_round(cfg: QuickstartConfig, device: torch.device) -> dict[str, flo
     theta0 = copy.deepcopy(dict(model.named_parameters()))
 
     dense_acc = train(model, data, cfg, "dense")
-    prune_global_magnitude(model, cfg.sparsity)
+    prune(model, cfg.sparsity)
     with torch.no_grad():  # rewind the survivors (and the pruned, unused weights) to θ0
         for name, param in model.named_parameters():
             param.copy_(theta0[name])

@@ -142,7 +142,13 @@ def _mask_out(survivors, removed, masks, shapes):
     for keep, gone, m, shape in zip(survivors, removed, masks, shapes):
         new = keep & ~gone
         packed = m is not None and m.dtype == torch.uint8
-        out.append(pack_mask(new.reshape(m.shape[0], -1)) if packed else new.reshape(shape))
+        if packed:  # rows of the packed mask; 0 rows keep its byte width
+            rows = m.shape[0]
+            out.append(
+                pack_mask(new.reshape(rows, new.numel() // rows if rows else 8 * m.shape[1]))
+            )
+        else:
+            out.append(new.reshape(shape))
     return out
 
 

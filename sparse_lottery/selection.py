@@ -22,7 +22,7 @@ Example:
     >>> w = [torch.tensor([0.5, -0.1, 0.3]), torch.tensor([[0.2, -0.4]])]
     >>> result = sl.ops.magnitude_prune(w, amount=2)
     >>> [m.tolist() for m in result.masks], result.thresholds, result.removed
-    ([[True, False, True], [[False, True]]], (0.20000000298023224,), (2,))
+    ([[True, False, True], [[False, True]]], tensor([0.2000], dtype=torch.float64), tensor([2]))
 """
 
 from collections.abc import Sequence
@@ -39,12 +39,13 @@ SCOPES = ("global", "layerwise")
 
 class PruneResult(NamedTuple):
     """New masks (packed where the given mask was packed, else bool), and per group (one for
-    the global scope, one per tensor for layerwise) the threshold magnitude — the largest |w|
-    removed, 0.0 when none (empty for random pruning) — and the number of weights removed."""
+    the global scope, one per tensor for layerwise), as CPU tensors: the threshold magnitude —
+    the largest |w| removed, 0.0 when none (float64; empty for random pruning) — and the number
+    of weights removed (int64)."""
 
     masks: list[torch.Tensor]
-    thresholds: tuple[float, ...]
-    removed: tuple[int, ...]
+    thresholds: torch.Tensor
+    removed: torch.Tensor
 
 
 def magnitude_prune(
@@ -76,12 +77,10 @@ def magnitude_prune(
     weights = [w.detach() for w in weights]
     amounts, counts, layerwise = _amounts(amount, scope, len(weights))
     if not weights:  # the dispatcher needs a tensor to pick a device
-        if counts and amounts[0] > 0:
-            raise ValueError(f"amount: {int(amounts[0])} to remove, but no weights were given")
-        return PruneResult([], (0.0,), (0,))
+        return _nothing_to_prune(amounts, counts, thresholds=1)
     masks = list(masks)
     new, thresholds, removed = _ops.magnitude_prune(weights, masks, amounts, counts, layerwise)
-    return PruneResult(list(new), tuple(thresholds.tolist()), tuple(removed.tolist()))
+    return PruneResult(list(new), thresholds, removed)
 
 
 def random_prune(
@@ -104,11 +103,17 @@ def random_prune(
     device = generator.device if generator is not None else "cpu"
     seed = int(torch.randint(0, 2**62, (), generator=generator, device=device))
     if not masks:
-        if counts and amounts[0] > 0:
-            raise ValueError(f"amount: {int(amounts[0])} to remove, but no masks were given")
-        return PruneResult([], (), (0,))
+        return _nothing_to_prune(amounts, counts, thresholds=0)
     new, removed = _ops.random_prune(masks, amounts, counts, layerwise, seed)
-    return PruneResult(list(new), (), tuple(removed.tolist()))
+    return PruneResult(list(new), torch.zeros(0, dtype=torch.float64), removed)
+
+
+def _nothing_to_prune(amounts, counts: bool, thresholds: int) -> PruneResult:
+    """The result for an empty list of tensors (global scope: an empty pool)."""
+    if counts and amounts[0] > 0:
+        raise ValueError(f"amounts: {int(amounts[0])} to remove exceeds the 0 surviving weights")
+    zeros = torch.zeros(thresholds, dtype=torch.float64)
+    return PruneResult([], zeros, torch.zeros(1, dtype=torch.int64))
 
 
 def _amounts(amount, scope: str, tensors: int) -> tuple[list[float], bool, bool]:

@@ -217,36 +217,6 @@ def test_to_torch_prune_round_trip():
     assert type(sl.from_torch_prune(root)) is MaskedLinear
 
 
-# --------------------------------------------------------------------------- pruning
-def test_prune_global_magnitude_exact_with_ties():
-    model = sl.sparsify(nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False)))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0, -1, 2, 3], [1, 5, -6, 7], [8, 1, 9, 10]]))
-        model[1].weight.copy_(torch.tensor([[-1.0, 11, 12], [1, 13, 0.5]]))
-    # 18 weights; 0.5 and six ±1s. Removing 4: 0.5 and the first three 1s in order.
-    assert sl.prune_global_magnitude(model, 4 / 18) == 4
-    assert torch.equal(
-        model[0].mask, torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]]).bool()
-    )
-    assert torch.equal(model[1].mask, torch.tensor([[1, 1, 1], [1, 1, 0]]).bool())
-    # Fractions are of the survivors: 14 left, half of them is 7 more.
-    assert sl.prune_global_magnitude(model, 0.5) == 7
-    assert sl.density(model) == 7 / 18
-    assert sl.prune_global_magnitude(model, 0.0) == 0
-    with pytest.raises(ValueError, match="amount: expected a fraction"):
-        sl.prune_global_magnitude(model, 1.5)
-
-
-def test_prune_global_magnitude_matches_sort():
-    torch.manual_seed(4)
-    model = sl.sparsify(make_net())
-    sl.prune_global_magnitude(model, 0.9)
-    ws = torch.cat([model.get_submodule(n).weight.detach().flatten() for n in CONVERTIBLE])
-    keep = torch.cat([model.get_submodule(n).mask.flatten() for n in CONVERTIBLE])
-    assert int(keep.sum()) == ws.numel() - round(0.9 * ws.numel())
-    assert ws[keep].abs().min() >= ws[~keep].abs().max()
-
-
 # --------------------------------------------------------------------------- quick start
 def test_load_mnist1d_generates_and_caches(tmp_path):
     from sparse_lottery.quickstart import load_mnist1d

@@ -241,6 +241,12 @@ def _opcheck_cases(device):
         ),
         (OPS.pack_mask.default, (keep,)),
         (OPS.unpack_mask.default, (packed, [7, 12])),
+        (
+            OPS.magnitude_prune.default,
+            ([w.detach(), b.detach().bfloat16()], [packed, None], [0.3], False, False),
+        ),
+        (OPS.magnitude_prune.default, ([w.detach(), b.detach()], [keep, None], [3, 2], True, True)),
+        (OPS.random_prune.default, ([packed, keep], [0.5], False, False, 1234)),
     ]
 
 
@@ -292,6 +298,14 @@ def _compile_case(name, d):
         "apply_mask": (sl.apply_mask, (rand(5, 9), keep(5, 9))),
         "pack_mask": (sl.pack_mask, (keep(5, 9),)),
         "unpack_mask": (lambda p: sl.unpack_mask(p, (5, 9)), (reference.pack_mask(keep(5, 9)),)),
+        "magnitude_prune": (
+            lambda w, m: sl.ops.magnitude_prune([w], [m], 0.5).masks[0],
+            (rand(5, 9), keep(5, 9)),
+        ),
+        "random_prune": (
+            lambda m: OPS.random_prune([m], [0.5], False, False, 7)[0][0],
+            (reference.pack_mask(keep(5, 9)),),
+        ),
     }[name]
 
 
@@ -304,6 +318,8 @@ COMPILE_CASES = [
     "apply_mask",
     "pack_mask",
     "unpack_mask",
+    "magnitude_prune",
+    "random_prune",
 ]
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._mask_format import count_kept
 
 MASK_BUFFER = "weight_mask_packed"
 
@@ -83,7 +84,7 @@ class _MaskedMixin:
     def density(self) -> float:
         """Fraction of weights kept by the mask (1.0 for a fresh layer)."""
         numel = self.weight.numel()
-        return float(self.mask.sum().item()) / numel if numel else 1.0
+        return count_kept(self.weight_mask_packed) / numel if numel else 1.0
 
     def _density_repr(self) -> str:
         try:
