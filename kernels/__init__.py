@@ -26,6 +26,7 @@ from .masked_matmul import (
     masked_linear_backward_weight,
     masked_linear_forward,
 )
+from .selection import magnitude_prune_forward, random_prune_forward
 
 __all__ = [
     "masked_linear",
@@ -34,6 +35,8 @@ __all__ = [
     "apply_mask",
     "pack_mask",
     "unpack_mask",
+    "magnitude_prune",
+    "random_prune",
 ]
 
 
@@ -83,3 +86,29 @@ def unpack_mask(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """The bool mask of `shape` that `packed` encodes."""
     CHECKS["unpack_mask"](packed, shape)
     return unpack_mask_forward(packed, shape)
+
+
+def magnitude_prune(
+    weights: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor | None],
+    amounts: Sequence[float],
+    counts: bool,
+    layerwise: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Remove exactly k survivors with the smallest |w| per group (csrc/selection.h): new masks
+    (packed stays packed, bool of the weight's shape for None), CPU float64 thresholds and CPU
+    int64 removed counts, one per group."""
+    CHECKS["magnitude_prune"](weights, masks, amounts, counts, layerwise)
+    return magnitude_prune_forward(list(weights), list(masks), amounts, counts, layerwise)
+
+
+def random_prune(
+    masks: Sequence[torch.Tensor],
+    amounts: Sequence[float],
+    counts: bool,
+    layerwise: bool,
+    seed: int,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Remove exactly k survivors per group by the hashed keys of (seed, tensor, position)."""
+    CHECKS["random_prune"](masks, amounts, counts, layerwise, seed)
+    return random_prune_forward(list(masks), amounts, counts, layerwise, seed)
