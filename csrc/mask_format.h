@@ -18,7 +18,7 @@ inline std::string dtype_name(at::ScalarType t) {
     case at::kBFloat16: return "torch.bfloat16";
     case at::kBool: return "torch.bool";
     case at::kByte: return "torch.uint8";
-    default: return std::string("torch.") + c10::toString(t);
+    default: return "torch." + std::string(c10::getDtypeNames(t).first);
   }
 }
 

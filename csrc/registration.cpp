@@ -99,7 +99,9 @@ TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("apply_mask", &apply_mask_##device);                                 \
   m.impl("apply_masks_", &apply_masks__##device);                             \
   m.impl("pack_mask", &pack_mask_##device);                                   \
-  m.impl("unpack_mask", &unpack_mask_##device##_sym)
+  m.impl("unpack_mask", &unpack_mask_##device##_sym);                         \
+  m.impl("magnitude_prune", &magnitude_prune_##device);                       \
+  m.impl("random_prune", &random_prune_##device)
 
 TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) { SL_REGISTER(cpu); }
 

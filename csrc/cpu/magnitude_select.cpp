@@ -1,18 +1,17 @@
-// magnitude_prune and random_prune on the CPU: the argument checks of
-// sparse_lottery/_mask_format.py (same messages and exception types), the tensors viewed as
-// selection sources (select_blocks.h) and one exact radix select per group (radix_select.h).
+// magnitude_prune and random_prune on the CPU: the argument checks (selection_checks.h), the
+// tensors viewed as selection sources (select_blocks.h) and one exact radix select per group
+// (radix_select.h).
 // Semantics in selection.h; the oracle is sparse_lottery/reference.py.
 //
 // Groups: the whole pool (global scope) or each tensor (layerwise). A global group runs its
 // passes on every thread (unless it is smaller than kParallelMin elements); layerwise groups run
-// one per thread, except those too large to share the threads evenly. Errors follow the reference's order: a NaN anywhere (lowest tensor
-// first), then a group asked to remove more than its survivors.
+// one per thread, except those too large to share the threads evenly. Errors follow the
+// reference's order: a NaN anywhere (lowest tensor first), then a group asked to remove more
+// than its survivors.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <atomic>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +21,7 @@
 
 #include "../mask_format.h"
 #include "../selection.h"
+#include "../selection_checks.h"
 #include "../sparse_lottery.h"
 #include "radix_select.h"
 
@@ -37,68 +37,7 @@ using cpu::select::Source;
 constexpr int64_t kParallelMin = int64_t{1} << 17;
 constexpr int64_t kMinBudget = int64_t{1} << 20;  // bytes of candidates at least
 
-// Python's str(dtype): "torch.int32".
-std::string py_dtype(at::ScalarType t) {
-  return "torch." + std::string(c10::getDtypeNames(t).first);
-}
-
-// Python's repr(float): shortest round-trip digits, positional for exponents in [-4, 16).
-std::string py_float(double x) {
-  if (std::isnan(x)) return "nan";
-  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
-  char buf[64];
-  const auto end = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific).ptr;
-  std::string sci(buf, end), sign;
-  if (sci[0] == '-') {
-    sign = "-";
-    sci.erase(0, 1);
-  }
-  const size_t e = sci.find('e');
-  const int exp = std::atoi(sci.c_str() + e + 1);
-  std::string digits;
-  for (size_t i = 0; i < e; ++i)
-    if (sci[i] != '.') digits += sci[i];
-  if (exp >= 16 || exp < -4) {
-    std::string out = digits.substr(0, 1);
-    if (digits.size() > 1) out += "." + digits.substr(1);
-    char tail[16];
-    std::snprintf(tail, sizeof tail, "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
-    return sign + out + tail;
-  }
-  if (exp < 0) return sign + "0." + std::string(-exp - 1, '0') + digits;
-  const size_t whole = static_cast<size_t>(exp) + 1;
-  if (digits.size() <= whole) return sign + digits + std::string(whole - digits.size(), '0') + ".0";
-  return sign + digits.substr(0, whole) + "." + digits.substr(whole);
-}
-
 std::string item(const char* what, size_t i) { return what + ("[" + std::to_string(i) + "]"); }
-
-void check_amounts(at::ArrayRef<double> amounts, bool counts, bool layerwise, size_t tensors) {
-  const size_t expected = layerwise ? tensors : 1;
-  TORCH_CHECK_VALUE(amounts.size() == expected, "amounts: expected ", expected, " amount(s) (",
-                    layerwise ? "one per tensor, layerwise scope" : "global scope", "), got ",
-                    amounts.size());
-  for (size_t i = 0; i < amounts.size(); ++i) {
-    const double a = amounts[i];
-    if (counts) {
-      TORCH_CHECK_VALUE(std::isfinite(a) && a >= 0 && a == std::floor(a), item("amounts", i),
-                        ": expected a whole count ≥ 0, got ", py_float(a));
-    } else {
-      TORCH_CHECK_VALUE(a >= 0.0 && a <= 1.0, item("amounts", i),
-                        ": expected a fraction in [0, 1], got ", py_float(a));
-    }
-  }
-}
-
-// check_mask of _mask_format.py: a wrong dtype is a TypeError, a wrong shape a RuntimeError.
-bool check_selection_mask(const at::Tensor& mask, at::IntArrayRef sizes, const std::string& name,
-                          const std::string& of) {
-  const auto t = mask.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kBool || t == at::kByte, name,
-                   ": expected dtype torch.bool (one flag per weight) or torch.uint8 (packed by "
-                   "sparse_lottery.pack_mask), got ", py_dtype(t));
-  return check_mask(mask, sizes, name.c_str(), of.c_str());
-}
 
 // A new mask is written once, right away: huge pages spare a page fault per 4 KiB.
 at::Tensor new_mask(at::IntArrayRef sizes, at::TensorOptions options) {
@@ -193,26 +132,13 @@ MagnitudePruneResult magnitude_prune_cpu(at::TensorList weights,
                                          const c10::List<std::optional<at::Tensor>>& masks,
                                          at::ArrayRef<double> amounts, bool counts,
                                          bool layerwise) {
+  selection::check_magnitude_prune(weights, masks, amounts, counts, layerwise);
   const size_t n = weights.size();
-  TORCH_CHECK_VALUE(masks.size() == n, "masks: expected ", n,
-                    " masks (one per weight, or None), got ", masks.size());
   std::vector<at::Tensor> ws(n), ms(n), outs(n);
   for (size_t i = 0; i < n; ++i) {
-    const std::string w_name = item("weights", i), m_name = item("masks", i);
-    const at::Tensor& w = weights[i];
-    const auto t = w.scalar_type();
-    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf, w_name,
-                     ": expected dtype torch.float32, torch.bfloat16 or torch.float16, got ",
-                     py_dtype(t));
-    check_same_device(weights[0], "weights[0]", w, w_name.c_str());
     const std::optional<at::Tensor> m = masks[i];
-    if (m.has_value() && m->defined()) {
-      check_same_device(w, w_name.c_str(), *m, m_name.c_str());
-      check_selection_mask(*m, w.sizes(), m_name, w_name);
-      ms[i] = m->contiguous();
-    }
+    if (m.has_value() && m->defined()) ms[i] = m->contiguous();
   }
-  check_amounts(amounts, counts, layerwise, n);
 
   std::vector<Source> sources(n);
   std::vector<int64_t> key_bytes(n);
@@ -251,17 +177,9 @@ MagnitudePruneResult magnitude_prune_cpu(at::TensorList weights,
 
 RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> amounts,
                                    bool counts, bool layerwise, int64_t seed) {
+  selection::check_random_prune(masks, amounts, counts, layerwise);
   const size_t n = masks.size();
   std::vector<at::Tensor> ms(n), outs(n);
-  for (size_t i = 0; i < n; ++i) {
-    const std::string m_name = item("masks", i);
-    const at::Tensor& m = masks[i];
-    check_same_device(masks[0], "masks[0]", m, m_name.c_str());
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool || (m.scalar_type() == at::kByte && m.dim() == 2),
-                     m_name, ": expected a bool mask or a packed 2-D torch.uint8 mask, got ",
-                     m.dim(), "-D ", py_dtype(m.scalar_type()));
-  }
-  check_amounts(amounts, counts, layerwise, n);
 
   std::vector<Source> sources(n);
   std::vector<int64_t> key_bytes(n);
@@ -290,12 +208,6 @@ RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> am
   const auto outcomes = run_groups(sources, key_bytes, amounts, counts, layerwise, nan);
   raise_errors(outcomes, nan, layerwise);
   return {outs, group_results(outcomes).second};
-}
-
-// The lead moves these lines into registration.cpp.
-TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) {
-  m.impl("magnitude_prune", &magnitude_prune_cpu);
-  m.impl("random_prune", &random_prune_cpu);
 }
 
 }  // namespace sparse_lottery

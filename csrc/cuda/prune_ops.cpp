@@ -10,7 +10,6 @@
 // are read through .contiguous() copies; the inputs are never modified. Extra device memory: the
 // segment table, 16 KiB of histogram and a state row per group, one int64 per block for the tie
 // counts, and the new masks.
-#include <torch/library.h>
 
 #include <algorithm>
 #include <climits>
@@ -308,9 +307,3 @@ RandomPruneResult random_prune_cuda(at::TensorList masks, at::ArrayRef<double> a
 }
 
 }  // namespace sparse_lottery
-
-// The lead moves these lines into registration.cpp (SL_REGISTER) once the CPU kernels land.
-TORCH_LIBRARY_IMPL(sparse_lottery, CUDA, m) {
-  m.impl("magnitude_prune", &sparse_lottery::magnitude_prune_cuda);
-  m.impl("random_prune", &sparse_lottery::random_prune_cuda);
-}
