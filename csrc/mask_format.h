@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -118,6 +120,27 @@ inline bool check_grad_weight(const at::Tensor& grad_output, const at::Tensor& i
               grad_output.sizes());
   check_same_device(input, "input", mask, "mask");
   return check_mask(mask, {grad_output.size(-1), input.size(-1)}, "mask", "grad_weight");
+}
+
+// masked_linear_backward(grad_output (..., N), input (..., K)?, weight (N, K)?, mask,
+// output_mask): weight is needed for grad_input (output_mask[0]), input for grad_weight
+// (output_mask[1]); each one given is checked as its own gradient op checks it.
+inline void check_backward(const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+                           const std::optional<at::Tensor>& weight, const at::Tensor& mask,
+                           std::array<bool, 3> output_mask) {
+  TORCH_CHECK(!output_mask[0] || weight.has_value(),
+              "weight: required for grad_input (output_mask[0] is set), got None");
+  TORCH_CHECK(!output_mask[1] || input.has_value(),
+              "input: required for grad_weight (output_mask[1] is set), got None");
+  TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()) && grad_output.dim() >= 1,
+              "grad_output: expected a floating tensor of at least 1 dimension, got ",
+              dtype_name(grad_output.scalar_type()), " of shape ", grad_output.sizes());
+  if (weight.has_value()) check_grad_input(grad_output, *weight, mask);
+  if (input.has_value()) check_grad_weight(grad_output, *input, mask);
+  if (weight.has_value() && input.has_value()) {
+    TORCH_CHECK(input->size(-1) == weight->size(1), "input: expected last dimension in_features=",
+                weight->size(1), " (weight is ", weight->sizes(), "), got shape ", input->sizes());
+  }
 }
 
 }  // namespace sparse_lottery

@@ -7,6 +7,10 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
+#include <optional>
+#include <tuple>
+
 #include "sparse_lottery.h"
 
 namespace sparse_lottery {
@@ -34,16 +38,21 @@ at::Tensor call_masked_linear(const at::Tensor& input, const at::Tensor& weight,
   return op.call(input, weight, mask, bias);
 }
 
-using GradOp = c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&)>;
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-GradOp grad_op(const char* name) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow(name, "")
-      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+Grads call_masked_linear_backward(const at::Tensor& grad, const std::optional<at::Tensor>& input,
+                                  const std::optional<at::Tensor>& weight, const at::Tensor& mask,
+                                  std::array<bool, 3> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::masked_linear_backward", "")
+                       .typed<Grads(const at::Tensor&, const std::optional<at::Tensor>&,
+                                    const std::optional<at::Tensor>&, const at::Tensor&,
+                                    std::array<bool, 3>)>();
+  return op.call(grad, input, weight, mask, output_mask);
 }
 
-// d_input = grad @ (W⊙M), d_weight = (gradᵀ x)⊙M, d_bias = Σ grad; only what is needed.
+// d_input = grad @ (W⊙M), d_weight = (gradᵀ x)⊙M, d_bias = Σ grad; only what is needed, in one
+// call of masked_linear_backward.
 class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
@@ -60,23 +69,20 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& grad = grads[0];
-    at::Tensor grad_input, grad_weight, grad_bias;
-    // The gradient ops have no autograd of their own: unless a graph of the backward is being
-    // built (create_graph), skip the Autograd and ADInplaceOrView keys (a few µs per call).
+    const std::array<bool, 3> output_mask = {
+        ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+        ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(3)};
+    // The gradient op has no autograd of its own: unless a graph of the backward is being built
+    // (create_graph), skip the Autograd and ADInplaceOrView keys (a few µs per call).
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    if (ctx->needs_input_grad(0)) {
-      static const GradOp op = grad_op("sparse_lottery::masked_linear_grad_input");
-      grad_input = op.call(grad, saved[1], saved[2]);
-    }
-    if (ctx->needs_input_grad(1)) {
-      static const GradOp op = grad_op("sparse_lottery::masked_linear_grad_weight");
-      grad_weight = op.call(grad, saved[0], saved[2]);
-    }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(3)) {
-      grad_bias = grad.reshape({-1, grad.size(-1)}).sum(0);
-    }
+    auto optional = [](const at::Tensor& t) -> std::optional<at::Tensor> {
+      return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+    };
+    // One dispatch for all three: on the CPU the products and the bias sum share one parallel
+    // region (for a small layer the two GEMMs run side by side, one thread each).
+    auto [grad_input, grad_weight, grad_bias] = call_masked_linear_backward(
+        grads[0], optional(saved[0]), optional(saved[1]), saved[2], output_mask);
     return {grad_input, grad_weight, at::Tensor(), grad_bias};
   }
 };
@@ -96,6 +102,7 @@ TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("masked_linear", &masked_linear_##device);                           \
   m.impl("masked_linear_grad_input", &masked_linear_grad_input_##device);     \
   m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_##device);   \
+  m.impl("masked_linear_backward", &masked_linear_backward_##device);         \
   m.impl("apply_mask", &apply_mask_##device);                                 \
   m.impl("apply_masks_", &apply_masks__##device);                             \
   m.impl("pack_mask", &pack_mask_##device);                                   \

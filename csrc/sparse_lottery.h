@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -25,6 +26,12 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad_output, const at:
 // d_weight = (grad_outputᵀ @ input) ⊙ mask, exactly zero where pruned; -> (N, K).
 at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& mask);
+// (d_input, d_weight, d_bias) in one call, each only where output_mask asks for it (undefined
+// otherwise); weight is needed for d_input, input for d_weight; d_bias = Σ_batch grad_output.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+    const std::optional<at::Tensor>& weight, const at::Tensor& mask,
+    std::array<bool, 3> output_mask);
 // tensor ⊙ mask, out of place.
 at::Tensor apply_mask_cpu(const at::Tensor& tensor, const at::Tensor& mask);
 // tensors[i] ⊙= masks[i], in place, for every i (one parallel pass over all tensors).
@@ -51,6 +58,10 @@ at::Tensor masked_linear_grad_input_cuda(const at::Tensor& grad_output, const at
                                          const at::Tensor& mask);
 at::Tensor masked_linear_grad_weight_cuda(const at::Tensor& grad_output, const at::Tensor& input,
                                           const at::Tensor& mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cuda(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+    const std::optional<at::Tensor>& weight, const at::Tensor& mask,
+    std::array<bool, 3> output_mask);
 at::Tensor apply_mask_cuda(const at::Tensor& tensor, const at::Tensor& mask);
 void apply_masks__cuda(std::vector<at::Tensor> tensors, std::vector<at::Tensor> masks);
 at::Tensor pack_mask_cuda(const at::Tensor& mask);

@@ -13,6 +13,7 @@ Example:
     >>> y = kernels.masked_linear(x, w, torch.rand(3, 8, device="cuda") > 0.5)  # doctest: +SKIP
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "masked_linear",
     "masked_linear_grad_input",
     "masked_linear_grad_weight",
+    "masked_linear_backward",
     "apply_mask",
     "pack_mask",
     "unpack_mask",
@@ -68,6 +70,25 @@ def masked_linear_grad_weight(
     if input.dtype == torch.float64:
         return reference.masked_linear_grad_weight(grad_output, input, mask)
     return masked_linear_backward_weight(grad_output, input, mask)
+
+
+def masked_linear_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    mask: torch.Tensor,
+    output_mask: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(grad_input, grad_weight, grad_bias), each None unless output_mask asks for it."""
+    CHECKS["masked_linear_backward"](grad_output, input, weight, mask, output_mask)
+    need_input, need_weight, need_bias = output_mask
+    grad_input = masked_linear_grad_input(grad_output, weight, mask) if need_input else None
+    grad_weight = masked_linear_grad_weight(grad_output, input, mask) if need_weight else None
+    grad_bias = None
+    if need_bias:
+        rows = math.prod(grad_output.shape[:-1])
+        grad_bias = grad_output.reshape(rows, grad_output.shape[-1]).sum(0)
+    return grad_input, grad_weight, grad_bias
 
 
 def apply_mask(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,12 @@ SCHEMAS = {
     "masked_linear": "(Tensor input, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor",
     "masked_linear_grad_input": "(Tensor grad_output, Tensor weight, Tensor mask) -> Tensor",
     "masked_linear_grad_weight": "(Tensor grad_output, Tensor input, Tensor mask) -> Tensor",
+    # (grad_input, grad_weight, grad_bias), each None unless output_mask asks for it; weight is
+    # needed for grad_input and input for grad_weight (masked_linear's autograd calls this).
+    "masked_linear_backward": (
+        "(Tensor grad_output, Tensor? input, Tensor? weight, Tensor mask, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)"
+    ),
     "masked_conv1d": (
         "(Tensor input, Tensor weight, Tensor mask, Tensor? bias=None, SymInt[1] stride=1, "
         "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1) -> Tensor"

@@ -156,6 +156,34 @@ def check_grad_weight(grad_output, input, mask):
     check_mask(mask, (grad_output.shape[-1], input.shape[-1]))
 
 
+def check_backward(grad_output, input, weight, mask, output_mask):
+    torch._check(
+        not output_mask[0] or weight is not None,
+        lambda: "weight: required for grad_input (output_mask[0] is set), got None",
+    )
+    torch._check(
+        not output_mask[1] or input is not None,
+        lambda: "input: required for grad_weight (output_mask[1] is set), got None",
+    )
+    check_float(grad_output, "grad_output")
+    torch._check(
+        grad_output.dim() >= 1,
+        lambda: "grad_output: expected at least 1 dimension (..., out_features), got a scalar",
+    )
+    if weight is not None:
+        check_grad_input(grad_output, weight, mask)
+    if input is not None:
+        check_grad_weight(grad_output, input, mask)
+    if weight is not None and input is not None:
+        torch._check(
+            input.shape[-1] == weight.shape[1],
+            lambda: (
+                f"input: expected last dimension in_features={weight.shape[1]} (weight is "
+                f"{list(weight.shape)}), got shape {list(input.shape)}"
+            ),
+        )
+
+
 def check_masks_list(tensors, masks):
     torch._check(
         len(tensors) == len(masks),
@@ -244,6 +272,7 @@ CHECKS = {
     "masked_linear": check_masked_linear,
     "masked_linear_grad_input": check_grad_input,
     "masked_linear_grad_weight": check_grad_weight,
+    "masked_linear_backward": check_backward,
     "apply_mask": check_apply_mask,
     "apply_masks_": check_masks_list,
     "pack_mask": check_bool,

@@ -22,6 +22,7 @@ from . import _registry  # noqa: F401  (registers the CPU and CUDA kernels)
 from ._extension import has_cpu_kernels
 from ._mask_format import (
     check_apply_mask,
+    check_backward,
     check_bool,
     check_device,
     check_float,
@@ -109,6 +110,18 @@ def _(grad_output, input, mask):
     return input.new_empty((grad_output.shape[-1], input.shape[-1]))
 
 
+@torch.library.register_fake("sparse_lottery::masked_linear_backward")
+def _(grad_output, input, weight, mask, output_mask):
+    check_backward(grad_output, input, weight, mask, output_mask)
+    n = grad_output.shape[-1]
+    k = weight.shape[1] if weight is not None else input.shape[-1] if input is not None else 0
+    return (
+        grad_output.new_empty((*grad_output.shape[:-1], k)) if output_mask[0] else None,
+        grad_output.new_empty((n, k)) if output_mask[1] else None,
+        grad_output.new_empty((n,)) if output_mask[2] else None,
+    )
+
+
 @torch.library.register_fake("sparse_lottery::apply_mask")
 def _(tensor, mask):
     check_apply_mask(tensor, mask)
@@ -142,13 +155,10 @@ def _linear_setup(ctx, inputs, output):
 
 def _linear_backward(ctx, grad):
     input, weight, mask = ctx.saved_tensors
-    grad_input = grad_weight = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _ops.masked_linear_grad_input(grad, weight, mask)
-    if ctx.needs_input_grad[1]:
-        grad_weight = _ops.masked_linear_grad_weight(grad, input, mask)
-    if ctx.has_bias and ctx.needs_input_grad[3]:
-        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+    need = ctx.needs_input_grad
+    grad_input, grad_weight, grad_bias = _ops.masked_linear_backward(
+        grad, input, weight, mask, [need[0], need[1], ctx.has_bias and need[3]]
+    )
     return grad_input, grad_weight, None, grad_bias
 
 

@@ -3,6 +3,8 @@
 These materialise `weight * mask`; the fused kernels in `csrc/` and `kernels/` never do.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +57,17 @@ def masked_linear_grad_weight(grad_output, input, mask):
     g2 = grad_output.reshape(-1, grad_output.shape[-1])
     x2 = input.reshape(-1, input.shape[-1])
     return apply_mask(g2.t() @ x2, mask)
+
+
+def masked_linear_backward(grad_output, input, weight, mask, output_mask):
+    need_input, need_weight, need_bias = output_mask
+    grad_input = masked_linear_grad_input(grad_output, weight, mask) if need_input else None
+    grad_weight = masked_linear_grad_weight(grad_output, input, mask) if need_weight else None
+    grad_bias = None
+    if need_bias:
+        rows = math.prod(grad_output.shape[:-1])  # not -1: grad_output may have no elements
+        grad_bias = grad_output.reshape(rows, grad_output.shape[-1]).sum(0)
+    return grad_input, grad_weight, grad_bias
 
 
 def masked_conv1d(input, weight, mask, bias=None, stride=1, padding=0, dilation=1, groups=1):

@@ -67,6 +67,7 @@ def test_routes_to_cpp():
         "masked_linear",
         "masked_linear_grad_input",
         "masked_linear_grad_weight",
+        "masked_linear_backward",
         "apply_mask",
         "apply_masks_",
         "pack_mask",
@@ -110,6 +111,23 @@ def test_masked_linear_ops(shape, dtype):
             _close(gw, reference.masked_linear_grad_weight(g, x, m), dtype, f"grad_weight {what}")
             pruned = gw[~mask]
             assert (pruned == 0).all() and not pruned.signbit().any(), f"grad_weight {what}"
+            _check_backward(g, x, w, m, mask, dtype, what)
+
+
+def _check_backward(g, x, w, m, mask, dtype, what):
+    """masked_linear_backward against the reference, for every combination of wanted grads."""
+    for output_mask in itertools.product((False, True), repeat=3):
+        xs, ws = (x if output_mask[1] else None), (w if output_mask[0] else None)
+        got = ops.masked_linear_backward(g, xs, ws, m, list(output_mask))
+        want = reference.masked_linear_backward(g, x, w, m, output_mask)
+        for name, a, b in zip(("grad_input", "grad_weight", "grad_bias"), got, want):
+            label = f"backward {name} {output_mask} {what}"
+            assert (a is None) == (b is None), label
+            if a is not None:
+                _close(a, b, dtype, label)
+        if output_mask[1]:
+            pruned = got[1][~mask]
+            assert (pruned == 0).all() and not pruned.signbit().any(), f"backward {what}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -132,6 +150,7 @@ def test_masked_linear_non_contiguous(dtype):
                 "forward",
             )
         for g in (g_bcast, g_t):
+            _check_backward(g, x_sliced, w, m, mask, dtype, "non-contiguous")
             _close(
                 ops.masked_linear_grad_input(g, w, m),
                 reference.masked_linear_grad_input(g, w, m),
@@ -166,6 +185,44 @@ def test_masked_linear_1d_input():
         _close(gi, reference.masked_linear_grad_input(g, w, m), torch.float32, "1-D grad_input")
         gw = ops.masked_linear_grad_weight(g, x, m)
         _close(gw, reference.masked_linear_grad_weight(g, x, m), torch.float32, "1-D grad_weight")
+        _check_backward(g, x, w, m, mask, torch.float32, "1-D")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_masked_linear_backward_large_layer(dtype):
+    """A layer above the serial threshold: both products split into panels, all in one region."""
+    gen = _gen(9)
+    k, n, batch = 2051, 300, 40  # 24.6M multiply-adds
+    x = torch.randn(batch, k, generator=gen).to(dtype)
+    w = (torch.randn(n, k, generator=gen) / k**0.5).to(dtype)
+    g = torch.randn(batch, n, generator=gen).to(dtype)
+    mask = _mask((n, k), 0.5, gen)
+    for form, m in _forms(mask).items():
+        _check_backward(g, x, w, m, mask, dtype, form)
+
+
+def test_masked_linear_backward_empty_and_errors():
+    w, x, g = torch.randn(9, 41), torch.randn(0, 41), torch.randn(0, 9)
+    mask = _mask((9, 41), 0.5, _gen(10))
+    gi, gw, gb = ops.masked_linear_backward(g, x, w, mask, [True, True, True])
+    assert gi.shape == (0, 41) and torch.equal(gw, torch.zeros(9, 41))
+    assert torch.equal(gb, torch.zeros(9))
+    gi, gw, gb = ops.masked_linear_backward(
+        torch.randn(3, 0),
+        None,
+        torch.randn(0, 5),
+        torch.ones(0, 5, dtype=torch.bool),
+        [True, False, True],
+    )
+    assert torch.equal(gi, torch.zeros(3, 5)) and gw is None and gb.shape == (0,)
+    with pytest.raises(RuntimeError, match="weight: required for grad_input"):
+        ops.masked_linear_backward(g, x, None, mask, [True, False, False])
+    with pytest.raises(RuntimeError, match="input: required for grad_weight"):
+        ops.masked_linear_backward(g, None, w, mask, [False, True, False])
+    with pytest.raises(RuntimeError, match="input: expected last dimension"):
+        ops.masked_linear_backward(
+            torch.randn(3, 9), torch.randn(3, 42), w, reference.pack_mask(mask), [True, True, False]
+        )
 
 
 def test_grad_weight_exact_zero_next_to_inf_nan():
@@ -282,7 +339,7 @@ def test_errors_name_the_argument():
     with pytest.raises(RuntimeError, match="mask"):
         ops.masked_linear(x, w, torch.ones(9, 5, dtype=torch.uint8), None)
     with pytest.raises(RuntimeError, match="input"):
-        ops.masked_linear(torch.randn(3, 40), w, torch.ones(9, 41, dtype=torch.bool), None)
+        ops.masked_linear(torch.randn(3, 42), w, torch.ones(9, 41, dtype=torch.bool), None)
     with pytest.raises(RuntimeError, match="bias"):
         ops.masked_linear(x, w, torch.ones(9, 41, dtype=torch.bool), torch.randn(8))
     with pytest.raises(RuntimeError, match="grad_output"):
@@ -309,6 +366,8 @@ for k, n in ((1003, 77), (41, 300)):
             (ops.masked_linear(x, w, m, b), reference.masked_linear(x, w, m, b)),
             (ops.masked_linear_grad_input(g, w, m), reference.masked_linear_grad_input(g, w, m)),
             (ops.masked_linear_grad_weight(g, x, m), reference.masked_linear_grad_weight(g, x, m)),
+            *zip(ops.masked_linear_backward(g, x, w, m, [True, True, True]),
+                 reference.masked_linear_backward(g, x, w, m, [True, True, True])),
         ):
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 print("ok")

@@ -122,6 +122,36 @@ def test_masked_linear_gradients_match_reference(target, dtype):
             torch.testing.assert_close(gb[0], grad.reshape(-1, w.shape[0]).sum(0))
 
 
+def test_masked_linear_backward_matches_reference(target, dtype):
+    """The one-call backward, for every combination of wanted gradients."""
+    masks = [(True, True, True), (True, False, False), (False, True, True), (False, False, True)]
+    for x, w, mask, _, keep in sample_inputs(target, dtype):
+        grad = torch.randn(*x.shape[:-1], w.shape[0], device=target, dtype=dtype)
+        for output_mask in masks:
+            xs = x if output_mask[1] else None
+            ws = w if output_mask[0] else None
+            got = OPS.masked_linear_backward(grad, xs, ws, mask, list(output_mask))
+            for i, (name, fn, args) in enumerate(
+                (
+                    ("grad_input", reference.masked_linear_grad_input, (grad, w, keep)),
+                    ("grad_weight", reference.masked_linear_grad_weight, (grad, x, keep)),
+                )
+            ):
+                if not output_mask[i]:
+                    assert got[i] is None, name
+                    continue
+                ref64 = _ref(fn, *args, dtype=torch.float64)
+                assert_close_to_reference(got[i], ref64, _ref(fn, *args, dtype=dtype), name)
+            if output_mask[1]:
+                assert torch.all(got[1][~keep] == 0), (
+                    "grad_weight must be exactly zero where pruned"
+                )
+            if output_mask[2]:
+                torch.testing.assert_close(got[2], grad.reshape(-1, w.shape[0]).sum(0))
+            else:
+                assert got[2] is None
+
+
 def test_output_ignores_pruned_weights(target):
     x, w = torch.randn(6, 30, device=target), torch.randn(20, 30, device=target)
     mask, keep = make_mask((20, 30), 0.4, target, packed=True)
@@ -229,6 +259,11 @@ def _opcheck_cases(device):
         (OPS.masked_linear.default, (x, w, keep, None)),
         (OPS.masked_linear_grad_input.default, (g, w.detach(), packed)),
         (OPS.masked_linear_grad_weight.default, (g, x.detach(), keep)),
+        (
+            OPS.masked_linear_backward.default,
+            (g, x.detach(), w.detach(), packed, [True, True, True]),
+        ),
+        (OPS.masked_linear_backward.default, (g, x.detach(), None, keep, [False, True, False])),
         (OPS.masked_conv2d.default, (xc, wc, mc, None, [1, 1], [1, 1], [1, 1], 2)),
         (OPS.masked_conv1d.default, (x1, w1, m1, None, [2], [0], [1], 1)),
         (OPS.apply_mask.default, (w.detach(), packed)),
@@ -290,6 +325,10 @@ def _compile_case(name, d):
             OPS.masked_linear_grad_weight,
             (rand(6, 4), rand(6, 10), keep(4, 10)),
         ),
+        "masked_linear_backward": (
+            lambda g, x, w, m: OPS.masked_linear_backward(g, x, w, m, [True, True, True]),
+            (rand(6, 4), rand(6, 10), rand(4, 10), keep(4, 10)),
+        ),
         "masked_conv1d": (sl.ops.masked_conv1d, (rand(2, 3, 9), rand(4, 3, 3), keep(4, 3, 3))),
         "masked_conv2d": (
             sl.ops.masked_conv2d,
@@ -313,6 +352,7 @@ COMPILE_CASES = [
     "masked_linear",
     "masked_linear_grad_input",
     "masked_linear_grad_weight",
+    "masked_linear_backward",
     "masked_conv1d",
     "masked_conv2d",
     "apply_mask",

@@ -100,6 +100,11 @@ def _check_linear(x, w, keep, packed, bias, g):
     _close(dw, R.masked_linear_grad_weight(g.double(), x.double(), keep), dtype)
     assert bool((dw[~keep] == 0).all()), "dW must be exactly zero where pruned"
 
+    gi, gw, gb = K.masked_linear_backward(g, x, w, mask, [True, True, True])
+    assert torch.equal(gi, dx) and torch.equal(gw, dw)
+    torch.testing.assert_close(gb, g.reshape(-1, w.shape[0]).sum(0))
+    assert K.masked_linear_backward(g, None, w, mask, [True, False, False])[1:] == (None, None)
+
 
 # batch shape, in_features K, out_features N
 LINEAR_SHAPES = [((1,), 1, 1), ((5,), 7, 9), ((37,), 41, 33), ((2, 3), 100, 9), ((), 41, 1)]

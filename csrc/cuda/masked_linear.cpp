@@ -3,6 +3,7 @@
 //   y  = x @ (W ⊙ M)ᵀ + b      pre-pass W ⊙ M -> scratch, then addmm / mm (cuBLAS, cuBLASLt)
 //   dX = dY @ (W ⊙ M)          pre-pass W ⊙ M -> scratch, then mm
 //   dW = (dYᵀ @ X) ⊙ M          mm, then the mask applied in place to its fresh output
+//   db = Σ_batch dY             masked_linear_backward: the three above in one call
 //
 // The pre-pass (mask_kernels.cu) reads W (any float dtype) and the bool or packed mask once with
 // 128-bit accesses and writes the masked operand into a scratch tensor from the caching
@@ -10,6 +11,9 @@
 // W is not contiguous its contiguous copy is the scratch and is masked in place (no extra pass).
 // Everything runs on the current stream; fp32 GEMMs follow torch.backends.cuda.matmul.allow_tf32
 // as any at::mm does.
+#include <array>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 #include "cuda/common.h"
@@ -85,6 +89,23 @@ at::Tensor masked_linear_grad_weight_cuda(const at::Tensor& grad_output, const a
   if (!dw.is_contiguous()) dw = dw.contiguous();
   cuda::mask_into(dw, mask.contiguous(), packed, dw);  // epilogue: exact zeros where pruned
   return dw;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cuda(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+    const std::optional<at::Tensor>& weight, const at::Tensor& mask,
+    std::array<bool, 3> output_mask) {
+  cuda::check_cuda(grad_output, "grad_output");
+  check_backward(grad_output, input, weight, mask, output_mask);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = masked_linear_grad_input_cuda(grad_output, *weight, mask);
+  if (output_mask[1]) grad_weight = masked_linear_grad_weight_cuda(grad_output, *input, mask);
+  if (output_mask[2]) {
+    const int64_t n = grad_output.size(-1);
+    grad_bias = rows_of(grad_output, n).sum(0);
+  }
+  return {grad_input, grad_weight, grad_bias};
 }
 
 }  // namespace sparse_lottery
