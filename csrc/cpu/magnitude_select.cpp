@@ -1,5 +1,5 @@
 // magnitude_prune and random_prune on the CPU: the argument checks (selection_checks.h), the
-// tensors viewed as selection sources (select_blocks.h) and one exact radix select per group
+// tensors viewed as selection sources (select_blocks.h) and one exact selection per group
 // (radix_select.h).
 // Semantics in selection.h; the oracle is sparse_lottery/reference.py.
 //
@@ -7,7 +7,8 @@
 // passes on every thread (unless it is smaller than kParallelMin elements); layerwise groups run
 // one per thread, except those too large to share the threads evenly. Errors follow the
 // reference's order: a NaN anywhere (lowest tensor first), then a group asked to remove more
-// than its survivors.
+// than its survivors. SPARSE_LOTTERY_SELECT_BUDGET (bytes, read per call) overrides the
+// candidates' memory budget, for tests.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -103,7 +104,8 @@ std::vector<Outcome> run_groups(const std::vector<Source>& sources,
 void raise_errors(const std::vector<Outcome>& outcomes, const std::vector<uint8_t>& nan,
                   bool layerwise) {
   for (size_t i = 0; i < nan.size(); ++i)
-    TORCH_CHECK_VALUE(!nan[i], item("weights", i), ": contains NaN, which has no magnitude to rank");
+    TORCH_CHECK_VALUE(!nan[i], item("weights", i),
+                      ": contains NaN, which has no magnitude to rank");
   for (size_t g = 0; g < outcomes.size(); ++g) {
     if (!outcomes[g].exceeds) continue;
     char k[400];
@@ -116,7 +118,8 @@ void raise_errors(const std::vector<Outcome>& outcomes, const std::vector<uint8_
 
 std::pair<at::Tensor, at::Tensor> group_results(const std::vector<Outcome>& outcomes) {
   const auto groups = static_cast<int64_t>(outcomes.size());
-  at::Tensor thresholds = at::empty({groups}, at::kDouble), removed = at::empty({groups}, at::kLong);
+  at::Tensor thresholds = at::empty({groups}, at::kDouble);
+  at::Tensor removed = at::empty({groups}, at::kLong);
   for (int64_t g = 0; g < groups; ++g) {
     float value = 0.0f;
     if (outcomes[g].removed > 0) std::memcpy(&value, &outcomes[g].threshold_key, 4);

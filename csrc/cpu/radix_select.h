@@ -36,14 +36,11 @@
 #include "select_block_ops.h"
 #include "select_blocks.h"
 #include "select_parts.h"
+#include "select_sample.h"
 
 namespace sparse_lottery::cpu::select {
 
 constexpr int64_t kSampleMin = int64_t{1} << 20;  // elements of a group worth a bracket
-constexpr int64_t kSampleBlocks = 8192;
-constexpr double kSampleSigmas = 4.5;
-constexpr double kUniformSigmas = 6.0;
-constexpr int kBucketShift = 15;     // the sample's histogram: 2^16 buckets of 2^15 keys
 constexpr int kCandidateBits = 8;    // the candidates' histogram: 2^8 buckets
 constexpr int64_t kCandidateBuckets = int64_t{1} << kCandidateBits;
 
@@ -117,17 +114,21 @@ class GroupSelect {
   // ----------------------------------------------------------------------- bracket
   // True when done (or an error is set); false to fall back to the radix path.
   bool bracketed(double amount, bool counts, Outcome& out) {
-    uint32_t lo = 0, mid = 0;
-    int64_t hi = 0;
+    Bracket br;
     if (src_[0].key == KeyKind::kRandom) {  // a group of random keys only: uniform keys
-      if (!uniform_bracket(amount, counts, lo, mid, hi)) return false;
+      const auto survivors = static_cast<double>(count_survivors());
+      const double k = counts ? amount : std::nearbyint(amount * survivors);
+      if (survivors == 0 || k > survivors) return false;
+      br = uniform_bracket(k / survivors, survivors);
     } else {
       const double q = counts ? amount / static_cast<double>(count_survivors()) : amount;
-      if (!(q <= 1.0) || !sample_bracket(q, lo, mid, hi)) return false;
+      if (!(q <= 1.0) || !sample_bracket(src_, parts_, q, br)) return false;
     }
     if (budget_ / Candidates::kBytes < Candidates::kSlab) return false;
     cand_.reset(parts_.count(), budget_ / Candidates::kBytes);
-    mid_ = mid;
+    mid_ = br.mid;
+    const uint32_t lo = br.lo;
+    const int64_t hi = br.hi;
     write(lo, hi, Inside::kRecord, true);
     if ((out.nan = any_nan())) return true;
     PartStats all;
@@ -141,117 +142,11 @@ class GroupSelect {
     if (!set_k(amount, counts, all.survivors, out)) return true;
     if (overflow || out.removed <= all.below || out.removed > all.below + all.inside) {
       out = Outcome{};
+      cand_.release();
       return false;
     }
     const int width = static_cast<int>(std::bit_width(static_cast<uint64_t>(hi - lo - 1)));
     out.threshold_key = finish(lo, width, out.removed - all.below);
-    return true;
-  }
-
-  // Keys of the survivors of up to kSampleBlocks blocks at stratified random positions; their
-  // q-quantile `mid` and the bracket [lo, hi) of it +- kSampleSigmas standard errors. False
-  // when the sample is too small to trust.
-  bool sample_bracket(double q, uint32_t& lo, uint32_t& mid, int64_t& hi) {
-    const int64_t total = parts_.total();
-    // Sample cost (a random block, ~300 ns) against candidate cost (~20 ns each, falling as
-    // 1/sqrt(blocks)): the best number of blocks grows as total^(2/3).
-    const auto blocks = std::clamp<int64_t>(
-        static_cast<int64_t>(std::pow(static_cast<double>(total) / 64, 2.0 / 3)), 256,
-        std::min<int64_t>(kSampleBlocks, total / kBlock / 8));
-    std::vector<uint32_t> keys(blocks * kBlock);
-    std::vector<int32_t> found(blocks);
-    constexpr int64_t kChunk = 256, kAhead = 8;  // blocks per task, random reads in flight
-    dynamic_for(parts_.threads(), (blocks + kChunk - 1) / kChunk, [&](int64_t chunk) {
-      const int64_t b0 = chunk * kChunk, b1 = std::min(blocks, b0 + kChunk);
-      std::pair<int64_t, int64_t> where[kChunk];  // (source, element)
-      for (int64_t s = b0; s < b1; ++s) {
-        const double u = static_cast<double>(selection::mix64(s) >> 11) * 0x1p-53;
-        const int64_t g = parts_.snap(static_cast<int64_t>(
-            (static_cast<double>(s) + u) * static_cast<double>(total) / blocks));
-        const int64_t i = parts_.source_of(g);
-        where[s - b0] = {i, g - parts_.offset(i)};
-      }
-      for (int64_t s = b0; s < b1; ++s) {
-        const auto [i, e] = where[s - b0];
-        if (s + kAhead < b1) {
-          const auto [ia, ea] = where[s + kAhead - b0];
-          prefetch_block(src_[ia], ea);
-        }
-        const Source& src = src_[i];
-        const int64_t row = e / src.cols, col = e % src.cols;
-        const int n = static_cast<int>(std::min<int64_t>(kBlock, src.cols - col));
-        Block b;
-        b.surv = 0;
-        with_kinds(src, [&](auto key, auto mask) {
-          load_block<decltype(key)::value, decltype(mask)::value>(src, row, col, n, b);
-        });
-        uint32_t key[kBlock];
-        b.get(key);
-        int here = 0;
-        for (uint32_t rest = b.surv; rest; rest &= rest - 1)
-          keys[s * kBlock + here++] = key[std::countr_zero(rest)];
-        found[s] = here;
-      }
-    });
-    int64_t m = 0;
-    std::vector<uint32_t> hist(size_t{1} << (31 - kBucketShift), 0);
-    for (int64_t s = 0; s < blocks; ++s) {
-      m += found[s];
-      for (int j = 0; j < found[s]; ++j) ++hist[keys[s * kBlock + j] >> kBucketShift];
-    }
-    if (m < 4096) return false;
-    // The bucket of the sample's r-th smallest key (1-based) and the count below it.
-    auto bucket_of = [&](double r) {
-      int64_t b = 0, below = 0;
-      while (b + 1 < static_cast<int64_t>(hist.size()) && below + hist[b] < r) below += hist[b++];
-      return std::pair<int64_t, int64_t>{b, below};
-    };
-    const double rank = q * static_cast<double>(m);
-    // The quantile, and the standard error of the fraction below its bucket x, with blocks as
-    // clusters.
-    const auto [xb, x_below] = bucket_of(std::max(rank, 1.0));
-    const auto x = static_cast<uint32_t>(xb) << kBucketShift;
-    std::vector<uint32_t> in_x;
-    for (int64_t s = 0; s < blocks; ++s)
-      for (int j = 0; j < found[s]; ++j)
-        if (keys[s * kBlock + j] >> kBucketShift == static_cast<uint32_t>(xb))
-          in_x.push_back(keys[s * kBlock + j]);
-    const auto r = std::clamp<int64_t>(static_cast<int64_t>(std::max(rank, 1.0)) - x_below, 1,
-                                       static_cast<int64_t>(in_x.size()));
-    std::nth_element(in_x.begin(), in_x.begin() + (r - 1), in_x.end());
-    mid = in_x.empty() ? x : in_x[r - 1];
-    const double p = static_cast<double>(x_below) / static_cast<double>(m);
-    double sum_sq = 0;
-    for (int64_t s = 0; s < blocks; ++s) {
-      int below = 0;
-      for (int j = 0; j < found[s]; ++j) below += keys[s * kBlock + j] < x;
-      const double d = below - p * found[s];
-      sum_sq += d * d;
-    }
-    const double sd_rank = std::max(
-        std::sqrt(sum_sq * static_cast<double>(blocks) / static_cast<double>(blocks - 1)),
-        std::sqrt(q * (1 - q) * static_cast<double>(m)));
-    const double margin = kSampleSigmas * sd_rank + 8;
-    lo = rank - margin < 1 ? 0 : static_cast<uint32_t>(bucket_of(rank - margin).first)
-                                     << kBucketShift;
-    hi = rank + margin > static_cast<double>(m)
-             ? int64_t{1} << 31
-             : (bucket_of(rank + margin).first + 1) << kBucketShift;
-    return true;
-  }
-
-  // Random keys are uniform on [0, 2^31): the k-th smallest of S lies within kUniformSigmas
-  // binomial standard errors of (k / S) 2^31.
-  bool uniform_bracket(double amount, bool counts, uint32_t& lo, uint32_t& mid, int64_t& hi) {
-    const auto survivors = static_cast<double>(count_survivors());
-    const double k = counts ? amount : std::nearbyint(amount * survivors);
-    if (survivors == 0 || k > survivors) return false;
-    const double q = k / survivors, sd = std::sqrt(q * (1 - q) / survivors) + 1 / survivors;
-    constexpr double kKeys = 0x1p31;
-    lo = static_cast<uint32_t>(std::clamp((q - kUniformSigmas * sd) * kKeys, 0.0, kKeys - 1));
-    hi = static_cast<int64_t>(std::clamp((q + kUniformSigmas * sd) * kKeys + 1, 1.0, kKeys));
-    hi = std::max<int64_t>(hi, int64_t{lo} + 1);
-    mid = static_cast<uint32_t>(std::clamp(q * kKeys, static_cast<double>(lo), static_cast<double>(hi - 1)));
     return true;
   }
 
@@ -345,7 +240,7 @@ class GroupSelect {
         MaxKey m;
         with_kinds(s, [&](auto key, auto mask) {
           for_blocks<decltype(key)::value, decltype(mask)::value>(
-              s, e0, e1, [&](const Block& b, int64_t, int64_t, int64_t) {
+              s, e0, e1, [&](const Block& b, int64_t, int64_t, int64_t) SL_INLINE_LAMBDA {
                 histogram_block(b, lo, width, shift, static_cast<uint32_t>(buckets), h);
                 if (nan_check) m.add(b);
               });
@@ -385,7 +280,7 @@ class GroupSelect {
         with_kinds(s, [&](auto key, auto mask) {
           constexpr MaskKind M = decltype(mask)::value;
           for_blocks<decltype(key)::value, M>(
-              s, e0, e1, [&](const Block& b, int64_t row, int64_t col, int64_t e) {
+              s, e0, e1, [&](const Block& b, int64_t row, int64_t col, int64_t e) SL_INLINE_LAMBDA {
                 const uint32_t above_lo = bits_greater(b, lo_m1);
                 const uint32_t inside = b.surv & above_lo & ~bits_greater(b, hi_m1);
                 uint32_t keep = b.surv & above_lo;

@@ -22,7 +22,8 @@ SL_ALWAYS_INLINE uint32_t bits_greater(const Block& b, int32_t v) {
     bits |= static_cast<uint32_t>(m) << (8 * i);
   }
 #else
-  for (int j = 0; j < kBlock; ++j) bits |= static_cast<uint32_t>(static_cast<int32_t>(b.v[j]) > v) << j;
+  for (int j = 0; j < kBlock; ++j)
+    bits |= static_cast<uint32_t>(static_cast<int32_t>(b.v[j]) > v) << j;
 #endif
   return bits;
 }

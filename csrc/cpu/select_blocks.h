@@ -19,8 +19,10 @@
 
 #if defined(__GNUC__)
 #define SL_ALWAYS_INLINE inline __attribute__((always_inline))
+#define SL_INLINE_LAMBDA __attribute__((always_inline))  // after a lambda's parameters
 #else
 #define SL_ALWAYS_INLINE inline
+#define SL_INLINE_LAMBDA
 #endif
 
 namespace sparse_lottery::cpu::select {
@@ -245,7 +247,7 @@ SL_ALWAYS_INLINE void for_block_spans(const Source& s, int64_t e0, int64_t e1, F
 // f(block, row, col, e) for the blocks of elements [e0, e1) of s, e the block's first element.
 template <KeyKind K, MaskKind M, class F>
 SL_ALWAYS_INLINE void for_blocks(const Source& s, int64_t e0, int64_t e1, F&& f) {
-  for_block_spans(s, e0, e1, [&](int64_t row, int64_t col, int n) {
+  for_block_spans(s, e0, e1, [&](int64_t row, int64_t col, int n) SL_INLINE_LAMBDA {
     Block b;
     load_block<K, M>(s, row, col, n, b);
     f(b, row, col, row * s.cols + col);

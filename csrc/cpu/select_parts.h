@@ -133,7 +133,7 @@ class Candidates {
     Writer(Candidates& c, int p) : c_(c), p_(p) {}
     Writer(const Writer&) = delete;
     ~Writer() { c_.size_[p_] += added_; }
-    bool add(uint32_t off, uint32_t key) {
+    SL_ALWAYS_INLINE bool add(uint32_t off, uint32_t key) {
       if (room_ == 0 && !grab()) return false;
       *off_++ = off;
       *key_++ = key;
@@ -162,6 +162,11 @@ class Candidates {
     uint32_t* key_ = nullptr;
     int64_t room_ = 0, added_ = 0;
   };
+
+  void release() {
+    off_.reset();
+    key_.reset();
+  }
 
   int64_t size(int p) const { return size_[p]; }
   bool overflowed(int p) const { return full_[p] != 0; }
