@@ -339,6 +339,16 @@ def test_random_argument_errors_match_python(args):
     assert str(cpp_error.value) == str(python_error.value)
 
 
+def test_opcheck():
+    """Schemas, fake kernels and the C++ kernels agree (shapes, dtypes, no aliasing)."""
+    w = [torch.randn(5, 7), torch.randn(9).to(torch.bfloat16), torch.randn(3, 2).half()]
+    m = [reference.pack_mask(torch.rand(5, 7) < 0.6), None, torch.rand(3, 2) < 0.5]
+    torch.library.opcheck(ops.magnitude_prune.default, (w, m, [0.3], False, False))
+    torch.library.opcheck(ops.magnitude_prune.default, (w, m, [1.0, 2.0, 0.0], True, True))
+    torch.library.opcheck(ops.random_prune.default, ([m[2], m[0]], [4.0], True, False, 3))
+    torch.library.opcheck(ops.random_prune.default, ([m[2], m[0]], [0.5, 0.1], False, True, -3))
+
+
 def test_user_wrappers_run_the_kernels():
     w = [torch.tensor([0.5, -0.1, 0.3]), torch.tensor([[0.2, -0.4]])]
     result = sparse_lottery.ops.magnitude_prune(w, amount=2)

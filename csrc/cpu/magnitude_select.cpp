@@ -12,6 +12,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -40,10 +44,25 @@ constexpr int64_t kMinBudget = int64_t{1} << 20;  // bytes of candidates at leas
 
 std::string item(const char* what, size_t i) { return what + ("[" + std::to_string(i) + "]"); }
 
-// A new mask is written once, right away: huge pages spare a page fault per 4 KiB.
+// Asks for huge pages for the 2 MiB pages inside [data, data + bytes) (Linux, when THP is
+// "madvise"): memory written once right after allocation then costs a page fault per 2 MiB,
+// not per 4 KiB (a 50 MB bool mask: ~25 faults instead of ~12000).
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// A new mask is written once, right away.
 at::Tensor new_mask(at::IntArrayRef sizes, at::TensorOptions options) {
   at::Tensor out = at::empty(sizes, options);
-  cpu::select::advise_huge_pages(out.data_ptr(), out.nbytes());
+  advise_huge_pages(out.data_ptr(), out.nbytes());
   return out;
 }
 
@@ -51,7 +70,7 @@ int64_t budget_bytes(int64_t key_bytes) {
   if (const char* env = std::getenv("SPARSE_LOTTERY_SELECT_BUDGET")) {
     return std::max<int64_t>(0, std::strtoll(env, nullptr, 10));
   }
-  return std::max(kMinBudget, key_bytes / 20);
+  return std::max(kMinBudget, key_bytes / 12);
 }
 
 // Runs every group; sources[i] is tensor i, key_bytes[i] its bytes of keys.

@@ -2,24 +2,25 @@
 // surviving elements with the smallest keys from one group of tensors (selection.h), ties at the
 // threshold key broken by position, writing the new masks directly.
 //
-// A bracket [lo, hi) of keys holding the k-th smallest is found first; one write pass over the
-// parts (select_parts.h) then makes every new mask: survivors below lo removed, at or above hi
-// kept, inside kept and recorded as candidates. The pass's counts give the rank t of the last
-// removed key among the candidates; its key T and the ties at T to remove follow from the
-// candidates alone, and only candidates are fixed up, in position order.
+// A bracket [lo, hi) of keys holding the k-th smallest, and a guess mid of it, come first
+// (select_sample.h: from a sample of ~0.5% of the blocks, or for random keys from their uniform
+// law). One write pass over the parts (select_parts.h) then makes every new mask: survivors below
+// lo removed, at or above hi kept, inside removed below mid and kept above, and recorded as
+// candidates. The pass's exact counts give the rank t of the last removed key among the
+// candidates; its key T and the ties at T to remove follow from the candidates alone, and only
+// the candidates the guess got wrong (those between mid and T) are rewritten, in position order.
 //
-// The bracket: (1) sampled, for large groups: the keys of 32-element blocks at stratified random
-// positions; the bracket is the sample's quantile +- kSampleSigmas standard errors (estimated
-// with the blocks as clusters, so correlated neighbours widen it), rounded out to 2^15-key
-// buckets. Random keys need no sample: they are uniform. The write pass checks that the bracket
-// holds the k-th key and that the candidates fit the budget; when not (rare), (2) radix:
-// histogram passes of the survivors' keys, 16 bits at a time (per-part uint32 counts, summed in
-// 64 bits), narrow the bucket holding the k-th key until its survivors fit the budget or it is a
-// single key T, whose ties each part then removes itself (it knows how many are its own).
-// A histogram pass costs ~4x a write pass (a scalar increment per element), hence (1).
+// When the bracket misses the k-th key or its candidates overflow the budget (rare: heavy ties,
+// strongly correlated weights), or the group is small, the radix path runs instead: histogram
+// passes of the survivors' keys, 16 bits at a time (per-part uint32 counts, summed in 64 bits),
+// narrow the bucket holding the k-th key until its survivors fit the budget (then a write pass
+// records them as above) or it is a single key T, whose first ties each part removes itself:
+// the histogram told it how many of them are its own. A histogram pass costs about four write
+// passes (one scalar increment per element), hence the sampled bracket first.
 //
-// Extra memory: the candidates (8 bytes each, at most `budget` bytes), the sample (<= 1 MiB),
-// and for the radix path a 2^16-entry histogram per part; nothing proportional to the group.
+// Extra memory: the candidates (8 bytes each, at most `budget` bytes), the sample (at most
+// 1.3 MiB, freed before the write pass), for the radix path a histogram of at most 2^16 uint32
+// per part; nothing proportional to the group.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -35,14 +36,14 @@
 
 #include "select_block_ops.h"
 #include "select_blocks.h"
+#include "select_candidates.h"
 #include "select_parts.h"
 #include "select_sample.h"
 
 namespace sparse_lottery::cpu::select {
 
 constexpr int64_t kSampleMin = int64_t{1} << 20;  // elements of a group worth a bracket
-constexpr int kCandidateBits = 8;    // the candidates' histogram: 2^8 buckets
-constexpr int64_t kCandidateBuckets = int64_t{1} << kCandidateBits;
+constexpr int64_t kParallelFixUp = int64_t{1} << 20;  // candidates worth a parallel fix-up
 
 struct Outcome {
   int64_t survivors = 0;
@@ -79,11 +80,6 @@ class GroupSelect {
   struct PartStats {
     int64_t survivors = 0, below = 0, inside = 0;
   };
-  struct Threshold {
-    uint32_t key;         // T
-    int64_t ties;         // candidates with key T
-    int64_t remove_ties;  // of which the first ones are removed
-  };
 
   const Source* src_;
   uint8_t* nan_;
@@ -93,8 +89,6 @@ class GroupSelect {
   std::vector<uint32_t> hist_;       // radix: per-part histograms, `stride_` apart
   int64_t stride_ = 0;
   Candidates cand_;
-  std::vector<uint32_t> cand_hist_;  // per part: counts of (key - lo) >> cand_shift_
-  int cand_shift_ = 0;
   std::vector<int64_t> allowance_;   // kTies: ties each part removes
   uint32_t mid_ = 0;                 // kRecord: candidates below mid_ are removed provisionally
 
@@ -125,11 +119,9 @@ class GroupSelect {
       if (!(q <= 1.0) || !sample_bracket(src_, parts_, q, br)) return false;
     }
     if (budget_ / Candidates::kBytes < Candidates::kSlab) return false;
-    cand_.reset(parts_.count(), budget_ / Candidates::kBytes);
+    cand_.reset(parts_.count(), budget_ / Candidates::kBytes, br.lo, br.hi);
     mid_ = br.mid;
-    const uint32_t lo = br.lo;
-    const int64_t hi = br.hi;
-    write(lo, hi, Inside::kRecord, true);
+    write(br.lo, br.hi, Inside::kRecord, true);
     if ((out.nan = any_nan())) return true;
     PartStats all;
     bool overflow = false;
@@ -145,8 +137,7 @@ class GroupSelect {
       cand_.release();
       return false;
     }
-    const int width = static_cast<int>(std::bit_width(static_cast<uint64_t>(hi - lo - 1)));
-    out.threshold_key = finish(lo, width, out.removed - all.below);
+    out.threshold_key = finish(out.removed - all.below);
     return true;
   }
 
@@ -212,12 +203,13 @@ class GroupSelect {
         hist_ = {};  // released before the candidates peak
         int64_t slabs = 0;
         for (const int64_t n : in_part) slabs += (n + Candidates::kSlab - 1) / Candidates::kSlab;
-        cand_.reset(parts_.count(), slabs * Candidates::kSlab);
+        const int64_t hi = int64_t{lo} + (int64_t{1} << width);
+        cand_.reset(parts_.count(), slabs * Candidates::kSlab, lo, hi);
         mid_ = lo;
-        write(lo, int64_t{lo} + (int64_t{1} << width), Inside::kRecord, false);
+        write(lo, hi, Inside::kRecord, false);
         for (int p = 0; p < parts_.count(); ++p)
           TORCH_INTERNAL_ASSERT(cand_.size(p) == in_part[p], "selection: counts changed");
-        out.threshold_key = finish(lo, width, t);
+        out.threshold_key = finish(t);
         return;
       }
       shift = width - std::min(16, width);
@@ -252,23 +244,16 @@ class GroupSelect {
 
   // ---------------------------------------------------------------------- write pass
   // Writes every new mask: survivors with keys below lo removed, at or above hi kept; inside
-  // kept, or, for kRecord, removed below mid_ and recorded as candidates (counted by
-  // (key - lo) >> cand_shift_), or, for kTies, the first allowance_[p] of part p removed.
+  // kept, or, for kRecord, removed below mid_ and recorded as candidates, or, for kTies, the
+  // first allowance_[p] of part p removed.
   // lo = hi = 0 keeps every survivor.
   void write(int64_t lo, int64_t hi, Inside mode, bool check_nan) {
     const auto lo_m1 = static_cast<int32_t>(lo - 1), hi_m1 = static_cast<int32_t>(hi - 1);
     const bool ties = mode == Inside::kTies, record = mode == Inside::kRecord;
     const auto mid_m1 = static_cast<int32_t>(int64_t{mid_} - 1);
-    if (record) {
-      const int width = static_cast<int>(std::bit_width(static_cast<uint64_t>(hi - lo - 1)));
-      cand_shift_ = std::max(0, width - kCandidateBits);
-      cand_hist_.assign(parts_.count() * kCandidateBuckets, 0);
-    }
-    const int shift = cand_shift_;
     parts_.each([&](int p) {
       PartStats st;
       int64_t allowance = ties ? allowance_[p] : 0;
-      uint32_t* h = record ? cand_hist_.data() + p * kCandidateBuckets : nullptr;
       std::optional<Candidates::Writer> out;
       if (record) out.emplace(cand_, p);
       bool room = record;
@@ -302,7 +287,6 @@ class GroupSelect {
                     for (uint32_t rest = inside; rest && room; rest &= rest - 1) {
                       const int j = std::countr_zero(rest);
                       room = out->add(static_cast<uint32_t>(base + e + j), key[j]);
-                      h[(key[j] - static_cast<uint32_t>(lo)) >> shift] += room;
                     }
                   }
                 }
@@ -318,22 +302,26 @@ class GroupSelect {
   }
 
   // -------------------------------------------------------------------- candidates
-  // The candidates (keys in [lo, lo + 2^width)) hold the t-th smallest remaining key T, the
-  // last removed: the candidates below T and the first ties at T (position order) are removed,
-  // the others kept, flipping those the write pass guessed otherwise (key < mid_). Returns T.
-  uint32_t finish(uint32_t lo, int width, int64_t t) {
-    const Threshold th = kth_key(lo, width, t);
+  // The candidates hold the t-th smallest remaining key T, the last removed: the candidates
+  // below T and the first ties at T (position order) are removed, the others kept, flipping
+  // those the write pass guessed otherwise (key < mid_). Returns T. A few candidates are quicker
+  // on this thread than in a parallel region (to start and join; on busy cores especially).
+  uint32_t finish(int64_t t) {
+    const Candidates::Threshold th = cand_.kth(t);
+    int64_t candidates = 0;
+    for (int p = 0; p < parts_.count(); ++p) candidates += cand_.size(p);
+    const bool parallel = candidates > kParallelFixUp;
     // Ties at T removed per part: all of them when every tie goes, else the first ones.
     std::vector<int64_t> take(parts_.count(), INT64_MAX);
     if (th.remove_ties < th.ties) {
       parts_.each([&](int p) {
         take[p] = 0;
         cand_.for_each(p, [&](uint32_t, uint32_t key) { take[p] += key == th.key; });
-      });
+      }, parallel);
       int64_t left = th.remove_ties;
       for (int p = 0; p < parts_.count(); ++p) left -= (take[p] = std::min(left, take[p]));
     }
-    parts_.each([&](int p) {  // flip the candidates the write pass guessed wrong
+    parts_.each([&](int p) {
       const int64_t first = parts_.first(p);
       int64_t ties = take[p], i = parts_.source_of(first);
       cand_.for_each(p, [&](uint32_t off, uint32_t key) {
@@ -347,42 +335,8 @@ class GroupSelect {
         while (parts_.offset(i + 1) <= g) ++i;
         set_element(src_[i], g - parts_.offset(i), !removed);
       });
-    });
+    }, parallel);
     return th.key;
-  }
-
-  // The t-th smallest candidate key T (all in [lo, lo + 2^width)): the write pass counted the
-  // candidates of each part by (key - lo) >> cand_shift_; the keys of T's bucket are gathered
-  // and selected.
-  Threshold kth_key(uint32_t lo, int width, int64_t t) const {
-    const int shift = std::max(0, width - kCandidateBits);
-    TORCH_INTERNAL_ASSERT(shift == cand_shift_, "selection: candidate buckets changed");
-    const int64_t buckets = int64_t{1} << (width - shift);
-    int64_t b = 0;
-    for (;; ++b) {
-      int64_t in_bucket = 0;
-      for (int p = 0; p < parts_.count(); ++p) in_bucket += cand_hist_[p * kCandidateBuckets + b];
-      if (in_bucket >= t || b + 1 == buckets) break;
-      t -= in_bucket;
-    }
-    std::vector<uint32_t> keys;
-    const uint32_t first = lo + (static_cast<uint32_t>(b) << shift);
-    for (int p = 0; p < parts_.count(); ++p) {
-      cand_.for_each(p, [&](uint32_t, uint32_t key) {
-        if ((key - first) >> shift == 0) keys.push_back(key);
-      });
-    }
-    TORCH_INTERNAL_ASSERT(t >= 1 && t <= static_cast<int64_t>(keys.size()),
-                          "selection: rank ", t, " not among the candidates");
-    std::nth_element(keys.begin(), keys.begin() + (t - 1), keys.end());
-    Threshold th{keys[t - 1], 0, 0};
-    int64_t below = 0;
-    for (const uint32_t k : keys) {
-      below += k < th.key;
-      th.ties += k == th.key;
-    }
-    th.remove_ties = t - below;
-    return th;
   }
 
   bool any_nan() const {

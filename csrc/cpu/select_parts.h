@@ -1,4 +1,4 @@
-// Parts of a selection group and its candidate store (internal to csrc/cpu/).
+// Parts of a selection group (internal to csrc/cpu/).
 //
 // The group's elements, in order (tensor after tensor, each row-major in its view), are cut into
 // parts: ranges of whole 32-column blocks, so that no two parts write the same byte of a packed
@@ -9,13 +9,8 @@
 
 #include <ATen/Parallel.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <vector>
 
 #include "select_blocks.h"
@@ -25,21 +20,6 @@ namespace sparse_lottery::cpu::select {
 constexpr int64_t kMaxPart = int64_t{1} << 30;  // elements per part: uint32 counts and offsets
 constexpr int64_t kPartMin = int64_t{1} << 20;  // elements per part when threads share a group
 constexpr int kPartsPerThread = 8;
-
-// Asks for huge pages for the 2 MiB pages inside [data, data + bytes) (Linux, when THP is
-// "madvise"): memory written once right after allocation then costs a page fault per 2 MiB,
-// not per 4 KiB (a 50 MB bool mask: ~25 faults instead of ~12000).
-inline void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
-  const auto begin = reinterpret_cast<uintptr_t>(data);
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
 
 // f(i) for i in [0, n), each taken by the next free thread of `threads`.
 template <class F>
@@ -97,100 +77,16 @@ class Parts {
     }
   }
 
-  // f(p) for every part, parts taken by free threads.
+  // f(p) for every part, parts taken by free threads (in order on this one when not parallel).
   template <class F>
-  void each(F&& f) const {
-    dynamic_for(threads_, count(), [&](int64_t p) { f(static_cast<int>(p)); });
+  void each(F&& f, bool parallel = true) const {
+    dynamic_for(parallel ? threads_ : 1, count(), [&](int64_t p) { f(static_cast<int>(p)); });
   }
 
  private:
   const Source* src_;
   int threads_;
   std::vector<int64_t> offset_, split_;  // element offsets of the sources, part boundaries
-};
-
-// Candidates (offset in their part, key) recorded by the parts of a write pass, in slabs of
-// kSlab taken from one pool as parts fill them: part p's candidates are its slabs, in order.
-// Only the slabs used are touched, so reserving the whole budget costs no memory.
-class Candidates {
- public:
-  static constexpr int64_t kSlab = 2048;
-  static constexpr int64_t kBytes = 2 * sizeof(uint32_t);
-
-  void reset(int parts, int64_t capacity) {
-    slabs_ = (capacity + kSlab - 1) / kSlab;
-    off_ = std::make_unique_for_overwrite<uint32_t[]>(slabs_ * kSlab);
-    key_ = std::make_unique_for_overwrite<uint32_t[]>(slabs_ * kSlab);
-    next_.store(0);
-    owned_.assign(parts, {});
-    size_.assign(parts, 0);
-    full_.assign(parts, 0);
-  }
-
-  // Appends to part p (called by one thread at a time per part); false once the pool is spent.
-  class Writer {
-   public:
-    Writer(Candidates& c, int p) : c_(c), p_(p) {}
-    Writer(const Writer&) = delete;
-    ~Writer() { c_.size_[p_] += added_; }
-    SL_ALWAYS_INLINE bool add(uint32_t off, uint32_t key) {
-      if (room_ == 0 && !grab()) return false;
-      *off_++ = off;
-      *key_++ = key;
-      --room_;
-      ++added_;
-      return true;
-    }
-
-   private:
-    bool grab() {
-      if (c_.full_[p_]) return false;
-      const int64_t s = c_.next_.fetch_add(1, std::memory_order_relaxed);
-      if (s >= c_.slabs_) {
-        c_.full_[p_] = 1;
-        return false;
-      }
-      c_.owned_[p_].push_back(static_cast<int32_t>(s));
-      off_ = c_.off_.get() + s * kSlab;
-      key_ = c_.key_.get() + s * kSlab;
-      room_ = kSlab;
-      return true;
-    }
-    Candidates& c_;
-    int p_;
-    uint32_t* off_ = nullptr;
-    uint32_t* key_ = nullptr;
-    int64_t room_ = 0, added_ = 0;
-  };
-
-  void release() {
-    off_.reset();
-    key_.reset();
-  }
-
-  int64_t size(int p) const { return size_[p]; }
-  bool overflowed(int p) const { return full_[p] != 0; }
-
-  // f(offset, key) for part p's candidates, in order.
-  template <class F>
-  void for_each(int p, F&& f) const {
-    int64_t left = size_[p];
-    for (const int32_t s : owned_[p]) {
-      const uint32_t* off = off_.get() + int64_t{s} * kSlab;
-      const uint32_t* key = key_.get() + int64_t{s} * kSlab;
-      const int64_t n = std::min(left, kSlab);
-      for (int64_t c = 0; c < n; ++c) f(off[c], key[c]);
-      left -= n;
-    }
-  }
-
- private:
-  std::unique_ptr<uint32_t[]> off_, key_;
-  int64_t slabs_ = 0;
-  std::atomic<int64_t> next_{0};
-  std::vector<std::vector<int32_t>> owned_;
-  std::vector<int64_t> size_;
-  std::vector<uint8_t> full_;
 };
 
 }  // namespace sparse_lottery::cpu::select

@@ -7,12 +7,15 @@
 // (one block in each of `blocks` equal slices of the group, at a hashed offset). The bracket is
 // the sample's q-quantile +- kSampleSigmas standard errors, the error estimated with the blocks
 // as clusters (neighbouring weights are often alike: the bracket widens instead of missing),
-// rounded out to 2^15-key buckets. Random keys are uniform: the binomial error suffices.
+// rounded out to 2^15-key buckets. Sparse masks leave few survivors in a block: the sample then
+// grows (up to 4x) before the caller gives up on it. Random keys are uniform: the binomial error
+// suffices.
 #pragma once
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -22,7 +25,7 @@
 namespace sparse_lottery::cpu::select {
 
 constexpr int64_t kSampleBlocks = 8192;
-constexpr int64_t kSampleMinKeys = 4096;
+constexpr int64_t kSampleMinKeys = 2048;
 constexpr double kSampleSigmas = 4.5;
 constexpr double kUniformSigmas = 6.0;
 constexpr int kBucketShift = 15;  // the sample's histogram: 2^16 buckets of 2^15 keys
@@ -82,22 +85,38 @@ inline void gather_sample(const Source* src, const Parts& parts, int64_t blocks,
 // Sampled bracket of the q-quantile of the group's survivors' keys; false when the sample holds
 // too few survivors to trust.
 inline bool sample_bracket(const Source* src, const Parts& parts, double q, Bracket& br) {
-  const int64_t blocks = sample_blocks(parts.total());
+  int64_t blocks = sample_blocks(parts.total());
   std::vector<uint32_t> keys;
   std::vector<int32_t> found;
   gather_sample(src, parts, blocks, keys, found);
+  const int64_t seen = std::accumulate(found.begin(), found.end(), int64_t{0});
+  const int64_t most = std::min<int64_t>(4 * blocks, parts.total() / kBlock / 2);
+  if (seen > 0 && seen < kSampleMinKeys && most > blocks) {  // sparse masks: a larger sample
+    blocks = std::min(most, blocks * (2 * kSampleMinKeys + seen - 1) / seen);
+    gather_sample(src, parts, blocks, keys, found);
+  }
   int64_t m = 0;
   std::vector<uint32_t> hist(size_t{1} << (31 - kBucketShift), 0);
+  uint32_t first = UINT32_MAX, last = 0;  // the buckets of the smallest and largest keys
   for (int64_t s = 0; s < blocks; ++s) {
     m += found[s];
-    for (int j = 0; j < found[s]; ++j) ++hist[keys[s * kBlock + j] >> kBucketShift];
+    for (int j = 0; j < found[s]; ++j) {
+      const uint32_t b = keys[s * kBlock + j] >> kBucketShift;
+      ++hist[b];
+      first = std::min(first, b);
+      last = std::max(last, b);
+    }
   }
   if (m < kSampleMinKeys) return false;
-  // The bucket of the sample's r-th smallest key (1-based) and how many keys lie below it.
+  // upto[b - first]: keys in buckets first..b; the bucket of the r-th smallest key (1-based)
+  // and how many keys lie below it.
+  std::vector<int64_t> upto(last - first + 1);
+  for (int64_t b = first, sum = 0; b <= last; ++b) upto[b - first] = sum += hist[b];
   auto bucket_of = [&](double r) {
-    int64_t b = 0, below = 0;
-    while (b + 1 < static_cast<int64_t>(hist.size()) && below + hist[b] < r) below += hist[b++];
-    return std::pair<int64_t, int64_t>{b, below};
+    const auto less = [](int64_t c, double v) { return static_cast<double>(c) < v; };
+    const auto it = std::lower_bound(upto.begin(), upto.end() - 1, r, less);
+    const int64_t i = it - upto.begin();
+    return std::pair<int64_t, int64_t>{first + i, i == 0 ? 0 : upto[i - 1]};
   };
   auto each_key = [&](auto&& f) {
     for (int64_t s = 0; s < blocks; ++s)
@@ -115,19 +134,21 @@ inline bool sample_bracket(const Source* src, const Parts& parts, double q, Brac
                                      static_cast<int64_t>(in_x.size()));
   std::nth_element(in_x.begin(), in_x.begin() + (r - 1), in_x.end());
   br.mid = in_x[r - 1];
-  // Standard error of the sample's fraction of keys below the quantile's bucket: a ratio of
-  // cluster sums; never below the binomial error of independent keys.
+  // Standard error of the sample's count of keys below the quantile's bucket, one cluster
+  // (block) per stratum: the successive-difference estimator, which keeps the variation between
+  // neighbouring blocks (rows of different scales) and drops the trends the strata already
+  // remove (layers of different scales); never below the binomial error of independent keys.
   const auto x = static_cast<uint32_t>(xb) << kBucketShift;
   const double p = static_cast<double>(x_below) / static_cast<double>(m);
   std::vector<int32_t> below(blocks, 0);
   each_key([&](int64_t s, uint32_t k) { below[s] += k < x; });
   double sum_sq = 0;
-  for (int64_t s = 0; s < blocks; ++s) {
-    const double d = below[s] - p * found[s];
+  for (int64_t s = 1; s < blocks; ++s) {
+    const double d = (below[s] - p * found[s]) - (below[s - 1] - p * found[s - 1]);
     sum_sq += d * d;
   }
   const double sd_rank = std::max(
-      std::sqrt(sum_sq * static_cast<double>(blocks) / static_cast<double>(blocks - 1)),
+      std::sqrt(sum_sq * static_cast<double>(blocks) / (2.0 * static_cast<double>(blocks - 1))),
       std::sqrt(q * (1 - q) * static_cast<double>(m)));
   const double margin = kSampleSigmas * sd_rank + 8;
   br.lo = rank - margin < 1 ? 0
