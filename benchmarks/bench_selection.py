@@ -12,8 +12,9 @@ masks at density 0.8 (a second IMP level); every method removes 20% of the survi
 
 Reported per method: median seconds, GB/s and its share of the copy bandwidth measured in the
 same run, speedup of ours over each baseline, and peak extra memory (CPU: the process's peak RSS
-above its level before the call, with the kernel's output masks subtracted for ours; CUDA: the
-caching allocator's peak). GB/s counts the bytes a single ideal pass moves: the weights and
+above its level before the call, the C heap's free pages released to the OS first so that reused
+memory counts, with the kernel's output masks subtracted for ours; CUDA: the caching
+allocator's peak). GB/s counts the bytes a single ideal pass moves: the weights and
 masks read once, the new masks written once; the copy bandwidth is that of `out.copy_(w)` (read
 + write bytes) on the pool's largest tensor.
 
@@ -26,6 +27,8 @@ Markdown table and one PASS/FAIL line per target.
 """
 
 import argparse
+import contextlib
+import ctypes
 import datetime
 import gc
 import json
@@ -112,8 +115,16 @@ def _rss(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
+def _release_free_heap() -> None:
+    """Returns the C heap's free pages to the OS (glibc), so that memory fn() takes from the heap
+    shows in the RSS instead of hiding in pages already resident from earlier calls."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: reused memory may hide
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def peak_extra_bytes(fn, device: str) -> int:
-    """Peak memory fn() needs above what was in use before it, its returned tensors included."""
+    """Peak memory fn() needs above what was in use before it, its returned tensors included
+    (CPU: page-granular, so a few KiB of noise)."""
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -123,13 +134,27 @@ def peak_extra_bytes(fn, device: str) -> int:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
+        _release_free_heap()
         before = _rss("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
         out = fn()
         peak = _rss("VmHWM")
     del out
-    return max(0, peak - before)
+    return peak - before
+
+
+def check_memory_probe(nbytes: int, device: str) -> None:
+    """The probe must see a known allocation of nbytes (written, so resident) within 5%, once
+    warm (like every method measured: their first call pays one-time costs)."""
+
+    def alloc():
+        return torch.ones(nbytes, dtype=torch.uint8, device=device)
+
+    alloc()
+    got = peak_extra_bytes(alloc, device)
+    if abs(got - nbytes) > 0.05 * nbytes + 65536:
+        raise RuntimeError(f"memory probe: a {nbytes}-byte tensor read as {got} bytes")
 
 
 def copy_bandwidth(weights, device: str) -> float:
@@ -187,6 +212,7 @@ def measure_size(n: int, device: str, dtype: torch.dtype, reps: int) -> dict:
         "weight_bytes": weight_bytes,
     }
     row["copy_gbs"] = copy_bandwidth(weights, device) / 1e9
+    check_memory_probe(weight_bytes // 10, device)
     # Correctness first: ours must remove exactly the k smallest, like the sort oracle.
     got = ours(weights, masks)
     expected = sl.reference.magnitude_prune(weights, masks, [AMOUNT], False, False)[0]
@@ -204,7 +230,7 @@ def measure_size(n: int, device: str, dtype: torch.dtype, reps: int) -> dict:
             "s": t,
             "reps": r,
             "gbs": moved / t / 1e9,
-            "extra_bytes": max(0, extra),
+            "extra_bytes": extra,
         }
     for name in BASELINES:
         try:

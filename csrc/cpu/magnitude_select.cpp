@@ -40,7 +40,7 @@ using cpu::select::Outcome;
 using cpu::select::Source;
 
 constexpr int64_t kParallelMin = int64_t{1} << 17;
-constexpr int64_t kMinBudget = int64_t{1} << 20;  // bytes of candidates at least
+constexpr int64_t kMinBudget = int64_t{1} << 16;  // bytes of candidates at least
 
 std::string item(const char* what, size_t i) { return what + ("[" + std::to_string(i) + "]"); }
 
@@ -66,6 +66,9 @@ at::Tensor new_mask(at::IntArrayRef sizes, at::TensorOptions options) {
   return out;
 }
 
+// The candidates' budget: 1/12 of the group's key bytes (64 KiB at least), which bounds the
+// selection's extra memory at ~8% of the weights (the sample and the radix histograms are
+// smaller, and freed before the candidates are taken).
 int64_t budget_bytes(int64_t key_bytes) {
   if (const char* env = std::getenv("SPARSE_LOTTERY_SELECT_BUDGET")) {
     return std::max<int64_t>(0, std::strtoll(env, nullptr, 10));

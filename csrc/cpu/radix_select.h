@@ -20,7 +20,9 @@
 //
 // Extra memory: the candidates (8 bytes each, at most `budget` bytes), the sample (at most
 // 1.3 MiB, freed before the write pass), for the radix path a histogram of at most 2^16 uint32
-// per part; nothing proportional to the group.
+// per part and about 1/8 byte per element in all (1 KiB per part at least; freed before the
+// candidates); nothing else
+// proportional to the group.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -158,8 +160,11 @@ class GroupSelect {
 
   // -------------------------------------------------------------------------- radix
   void radix(double amount, bool counts, Outcome& out) {
+    // Digits of up to 16 bits, fewer for small groups: the histograms (one per part) stay
+    // within about 1/8 byte per element, 3% of fp32 keys.
+    const int64_t per_bin = int64_t{64} * parts_.count();
     const int bits = std::clamp(
-        static_cast<int>(std::bit_width(static_cast<uint64_t>(parts_.total()))) - 2, 8, 16);
+        static_cast<int>(std::bit_width(static_cast<uint64_t>(parts_.total() / per_bin))), 8, 16);
     uint32_t lo = 0;
     int width = 31, shift = 31 - bits;
     histogram(lo, width, shift, true);
@@ -212,7 +217,7 @@ class GroupSelect {
         out.threshold_key = finish(t);
         return;
       }
-      shift = width - std::min(16, width);
+      shift = width - std::min(bits, width);
       histogram(lo, width, shift, false);
     }
   }
