@@ -11,6 +11,7 @@
 #include <optional>
 #include <tuple>
 
+#include "masked_optim.h"
 #include "sparse_lottery.h"
 
 namespace sparse_lottery {
@@ -108,7 +109,9 @@ TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("pack_mask", &pack_mask_##device);                                   \
   m.impl("unpack_mask", &unpack_mask_##device##_sym);                         \
   m.impl("magnitude_prune", &magnitude_prune_##device);                       \
-  m.impl("random_prune", &random_prune_##device)
+  m.impl("random_prune", &random_prune_##device);                             \
+  m.impl("masked_sgd_", &masked_sgd__##device);                               \
+  m.impl("masked_adamw_", &masked_adamw__##device)
 
 TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) { SL_REGISTER(cpu); }
 

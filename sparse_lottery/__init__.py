@@ -9,7 +9,7 @@ Example:
     1.0
 """
 
-from . import nn, ops
+from . import nn, ops, optim
 from .backends import backends, format_backends, set_backend
 from .model import (
     density,
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "nn",
     "ops",
+    "optim",
     "backends",
     "format_backends",
     "set_backend",

@@ -42,6 +42,20 @@ SCHEMAS = {
         "(Tensor[] masks, float[] amounts, bool counts, bool layerwise, int seed) "
         "-> (Tensor[], Tensor)"
     ),
+    # Masked optimisers (semantics in csrc/masked_optim.h): torch.optim.SGD / AdamW steps on the
+    # entries the masks keep (None: all); pruned entries of params and states are not touched.
+    # momentum_buffers: one per param, or none when momentum is 0; first_step: every buffer is
+    # new (torch's buf = grad). step: the step count after this step (>= 1).
+    "masked_sgd_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor?[] masks, "
+        "float lr, float momentum, float dampening, float weight_decay, bool nesterov, "
+        "bool maximize, bool first_step) -> ()"
+    ),
+    "masked_adamw_": (
+        "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor?[] masks, float lr, float beta1, float beta2, float eps, float weight_decay, "
+        "int step, bool maximize) -> ()"
+    ),
 }
 
 for _name, _schema in SCHEMAS.items():

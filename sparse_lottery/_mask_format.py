@@ -266,6 +266,126 @@ def check_random_prune(masks, amounts, counts, layerwise, seed) -> None:
     check_amounts(amounts, counts, layerwise, len(masks))
 
 
+# --------------------------------------------------------------------------- optimisers
+# Mirrors csrc/masked_optim.h: TypeError for a wrong kind of tensor, ValueError for a wrong
+# count, shape or device.
+def _check_like(ref, ref_name: str, t, name: str) -> None:
+    if t.layout != torch.strided:
+        raise TypeError(f"{name}: expected a dense (strided) tensor, got {t.layout}")
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}"
+        )
+    if t.device != ref.device:
+        raise ValueError(
+            f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}"
+        )
+    if tuple(t.shape) != tuple(ref.shape):
+        raise ValueError(
+            f"{name}: expected shape {list(ref.shape)} (the shape of {ref_name}), "
+            f"got {list(t.shape)}"
+        )
+
+
+def _check_optim_mask(mask, param, name: str, of: str) -> None:
+    if mask.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(
+            f"{name}: expected dtype torch.bool (one flag per weight) or torch.uint8 (packed by "
+            f"sparse_lottery.pack_mask), got {mask.dtype}"
+        )
+    if mask.device != param.device:
+        raise ValueError(
+            f"{name}: expected device {param.device} (the device of {of}), got {mask.device}"
+        )
+    if mask.dtype == torch.uint8 and tuple(mask.shape) != packed_shape(param.shape):
+        raise ValueError(
+            f"{name}: expected a packed uint8 mask of shape {list(packed_shape(param.shape))} "
+            f"for {of} of shape {list(param.shape)}, got shape {list(mask.shape)}"
+        )
+    if mask.dtype == torch.bool and tuple(mask.shape) != tuple(param.shape):
+        raise ValueError(
+            f"{name}: expected a bool mask of {of}'s shape {list(param.shape)}, "
+            f"got shape {list(mask.shape)}"
+        )
+
+
+def check_optim_lists(params, grads, states: dict, masks) -> None:
+    """One gradient, one tensor of each state list and one mask (or None) per parameter, each
+    like its parameter; parameters of a float dtype, all on one device."""
+    n = len(params)
+    for name, items, what in (
+        ("grads", grads, "tensors (one per parameter)"),
+        ("masks", masks, "masks (one per parameter, or None)"),
+        *((k, v, "tensors (one per parameter)") for k, v in states.items()),
+    ):
+        if len(items) != n:
+            raise ValueError(f"{name}: expected {n} {what}, got {len(items)}")
+    for i, p in enumerate(params):
+        pn = f"params[{i}]"
+        if p.layout != torch.strided:
+            raise TypeError(f"{pn}: expected a dense (strided) tensor, got {p.layout}")
+        if p.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{pn}: expected a floating dtype in {[str(d) for d in FLOAT_DTYPES]}, "
+                f"got {p.dtype}"
+            )
+        if p.device != params[0].device:
+            raise ValueError(
+                f"{pn}: expected device {params[0].device} (the device of params[0]), "
+                f"got {p.device}"
+            )
+        _check_like(p, pn, grads[i], f"grads[{i}]")
+        for name, items in states.items():
+            _check_like(p, pn, items[i], f"{name}[{i}]")
+        if masks[i] is not None:
+            _check_optim_mask(masks[i], p, f"masks[{i}]", pn)
+
+
+def check_masked_sgd(
+    params,
+    grads,
+    momentum_buffers,
+    masks,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,
+    nesterov,
+    maximize,
+    first_step,
+) -> None:
+    if momentum == 0 and len(momentum_buffers):
+        raise ValueError(
+            f"momentum_buffers: expected none when momentum is 0, got {len(momentum_buffers)}"
+        )
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError(
+            f"nesterov: expected momentum > 0 and dampening == 0, got momentum {momentum} "
+            f"and dampening {dampening}"
+        )
+    states = {"momentum_buffers": momentum_buffers} if momentum != 0 else {}
+    check_optim_lists(params, grads, states, masks)
+
+
+def check_masked_adamw(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    masks,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    step,
+    maximize,
+) -> None:
+    if step < 1:
+        raise ValueError(f"step: expected the step count after this step, >= 1, got {step}")
+    check_optim_lists(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, masks)
+
+
 # The checks each kernel op runs before a Python backend (reference, Triton) sees its input;
 # the C++ kernels run the same checks (csrc/mask_format.h).
 CHECKS = {
@@ -279,4 +399,6 @@ CHECKS = {
     "unpack_mask": check_packed,
     "magnitude_prune": check_magnitude_prune,
     "random_prune": check_random_prune,
+    "masked_sgd_": check_masked_sgd,
+    "masked_adamw_": check_masked_adamw,
 }

@@ -29,7 +29,9 @@ from ._mask_format import (
     check_grad_input,
     check_grad_weight,
     check_mask,
+    check_masked_adamw,
     check_masked_linear,
+    check_masked_sgd,
     check_masks_list,
     check_packed,
     check_same,
@@ -143,6 +145,16 @@ def _(mask):
 def _(packed, shape):
     check_packed(packed, shape)
     return packed.new_empty(shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("sparse_lottery::masked_sgd_")
+def _(*args):
+    check_masked_sgd(*args)
+
+
+@torch.library.register_fake("sparse_lottery::masked_adamw_")
+def _(*args):
+    check_masked_adamw(*args)
 
 
 # --------------------------------------------------------------------------- autograd

@@ -201,3 +201,64 @@ def random_prune(masks, amounts, counts, layerwise, seed):
     removed, ks, _ = _remove_smallest(keys, survivors, amounts, counts, layerwise)
     shapes = [m.shape for m in masks]
     return _mask_out(survivors, removed, masks, shapes), torch.tensor(ks, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------- optimisers
+# torch.optim.SGD / AdamW (single-tensor path) on the entries the masks keep, in float32
+# (float64 for float64 tensors), in the order of operations of csrc/optim_math.h.
+def _opmath(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _store(dst: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None) -> None:
+    value = value.to(dst.dtype)
+    dst.copy_(value if keep is None else torch.where(keep, value, dst))
+
+
+def _keep(mask, param):
+    return None if mask is None else as_bool(mask, param.shape)
+
+
+def masked_sgd_(
+    params,
+    grads,
+    momentum_buffers,
+    masks,
+    lr,
+    momentum,
+    dampening,
+    weight_decay,
+    nesterov,
+    maximize,
+    first_step,
+) -> None:
+    for i, (p, g, m) in enumerate(zip(params, grads, masks, strict=True)):
+        keep = _keep(m, p)
+        grad = -_opmath(g) if maximize else _opmath(g)
+        if weight_decay != 0:
+            grad = grad + weight_decay * _opmath(p)
+        if momentum != 0:
+            buf = momentum_buffers[i]
+            new = grad if first_step else _opmath(buf) * momentum + (1 - dampening) * grad
+            _store(buf, new, keep)
+            grad = grad + momentum * new if nesterov else new
+        _store(p, _opmath(p) + (-lr) * grad, keep)
+
+
+def masked_adamw_(
+    params, grads, exp_avgs, exp_avg_sqs, masks, lr, beta1, beta2, eps, weight_decay, step, maximize
+) -> None:
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    neg_step_size = -(lr / (1 - beta1**step))
+    for p, g, m_t, v_t, mask in zip(params, grads, exp_avgs, exp_avg_sqs, masks, strict=True):
+        keep = _keep(mask, p)
+        grad = -_opmath(g) if maximize else _opmath(g)
+        param = _opmath(p)
+        if weight_decay != 0:
+            param = param * (1 - lr * weight_decay)
+        exp_avg = torch.lerp(_opmath(m_t), grad, 1 - beta1)
+        exp_avg_sq = _opmath(v_t) * beta2 + (1 - beta2) * grad * grad
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+        _store(p, param + neg_step_size * exp_avg / denom, keep)
+        _store(m_t, exp_avg, keep)
+        _store(v_t, exp_avg_sq, keep)

@@ -7,6 +7,20 @@ Example:
     1.0
 """
 
-from .masked import MASK_BUFFER, MASKED_TYPES, MaskedConv1d, MaskedConv2d, MaskedLinear
+from .masked import (
+    MASK_BUFFER,
+    MASKED_TYPES,
+    MaskedConv1d,
+    MaskedConv2d,
+    MaskedLinear,
+    mask_of,
+)
 
-__all__ = ["MaskedLinear", "MaskedConv1d", "MaskedConv2d", "MASKED_TYPES", "MASK_BUFFER"]
+__all__ = [
+    "MaskedLinear",
+    "MaskedConv1d",
+    "MaskedConv2d",
+    "MASKED_TYPES",
+    "MASK_BUFFER",
+    "mask_of",
+]

@@ -16,15 +16,37 @@ Example:
 """
 
 import copy
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
 from .._mask_format import count_kept
 
 MASK_BUFFER = "weight_mask_packed"
+
+# weight Parameter -> weakref of the masked layer that owns it (by identity: tensors compare
+# element-wise). Neither side is kept alive by the registry.
+_OWNERS = WeakIdKeyDictionary()
+
+
+def mask_of(param: torch.Tensor) -> torch.Tensor | None:
+    """The packed mask (the layer's `weight_mask_packed` buffer, read now) of `param` when it is
+    the `weight` of a masked layer, else None. The masked optimisers call it at every step.
+
+    Example:
+        >>> layer = sparse_lottery.nn.MaskedLinear(10, 3)
+        >>> sparse_lottery.nn.mask_of(layer.weight).shape, sparse_lottery.nn.mask_of(layer.bias)
+        (torch.Size([3, 2]), None)
+    """
+    ref = _OWNERS.get(param)
+    layer = ref() if ref is not None else None
+    if layer is None or layer._parameters.get("weight") is not param:
+        return None
+    return layer._buffers.get(MASK_BUFFER)
 
 
 class _MaskedMixin:
@@ -38,6 +60,34 @@ class _MaskedMixin:
     def _init_mask(self) -> None:
         ones = torch.ones(self.weight.shape, dtype=torch.bool, device=self.weight.device)
         self.register_buffer(MASK_BUFFER, ops.pack_mask(ones))
+        self._register_owner()
+
+    # ------------------------------------------------------------------ mask_of registry
+    # Kept current wherever `weight` may become a new Parameter object: construction,
+    # assignment, `_apply` (`.to()`, `.half()`, ...), unpickling and deepcopy, and
+    # `load_state_dict(assign=True)`.
+    def _register_owner(self) -> None:
+        weight = self.__dict__.get("_parameters", {}).get("weight")
+        if weight is not None:
+            _OWNERS[weight] = weakref.ref(self)
+
+    def __setattr__(self, name, value) -> None:
+        super().__setattr__(name, value)
+        if name == "weight":
+            self._register_owner()
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._register_owner()
+        return result
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._register_owner()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._register_owner()
 
     # ------------------------------------------------------------------ mask access
     @property
@@ -273,4 +323,4 @@ MASKED_TYPES: dict[type, type] = {
 }
 """Exact torch layer type → its masked replacement."""
 
-__all__ = ["MaskedLinear", "MaskedConv1d", "MaskedConv2d", "MASKED_TYPES", "MASK_BUFFER"]
+__all__ = ["MaskedLinear", "MaskedConv1d", "MaskedConv2d", "MASKED_TYPES", "MASK_BUFFER", "mask_of"]

@@ -1,0 +1,192 @@
+// masked_sgd_ and masked_adamw_ on the CPU: one at::parallel_for over the concatenated elements
+// of all the parameters (small tensors share a task). Within a tensor, elements go in runs of at
+// most 8 that share one packed mask byte (8 bool flags for a bool mask); a run with no survivor
+// is skipped, the others are updated in a branch-free loop that writes back the old value where
+// the mask is 0 (so pruned entries keep their bits). The maths is optim_math.h's.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+#include <vector>
+
+#include "../masked_optim.h"
+#include "../optim_math.h"
+#include "mask_simd.h"
+
+namespace sparse_lottery {
+namespace {
+
+constexpr int64_t kGrain = 16384;  // elements per parallel task
+
+// One parameter's contiguous tensors: state[0] the parameter, state[1..] its optimiser states
+// (undefined where absent), the gradient and the mask.
+struct Job {
+  std::array<at::Tensor, 3> state;
+  at::Tensor grad, mask;
+  cpu::MaskRef mref{};
+  int64_t cols = 1;
+
+  template <typename T>
+  T* ptr(int k) const {
+    return state[k].defined() ? static_cast<T*>(state[k].data_ptr()) : nullptr;
+  }
+};
+
+// The jobs of one call, with contiguous copies of the non-contiguous tensors, written back by
+// finish().
+struct Jobs {
+  std::vector<Job> jobs;
+  std::vector<int64_t> offset{0};  // first element of each job in the concatenation
+  std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+
+  Jobs(at::TensorList params, at::TensorList grads, std::vector<at::TensorList> states,
+       const OptionalTensors& masks) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      TORCH_CHECK_VALUE(params[i].device().is_cpu(), "params[", i,
+                        "]: expected a CPU tensor, got device ", params[i].device());
+      Job job;
+      job.state[0] = writable(params[i]);
+      for (size_t s = 0; s < states.size(); ++s) job.state[s + 1] = writable(states[s][i]);
+      job.grad = grads[i].contiguous();
+      job.cols = gemm_view(params[i].sizes()).second;
+      const std::optional<at::Tensor> m = masks[i];
+      if (m.has_value()) {
+        job.mask = m->contiguous();
+        job.mref = cpu::mask_ref(job.mask, job.cols);
+      }
+      offset.push_back(offset.back() + params[i].numel());
+      jobs.push_back(std::move(job));
+    }
+  }
+
+  at::Tensor writable(const at::Tensor& t) {
+    if (t.is_contiguous()) return t;
+    at::Tensor c = t.contiguous();
+    copy_back.emplace_back(t, c);
+    return c;
+  }
+
+  // body(job, lo, hi) for element ranges [lo, hi) of each job, in one parallel region.
+  template <typename F>
+  void run(F&& body) {
+    const size_t count = jobs.size();
+    at::parallel_for(0, offset.back(), kGrain, [&](int64_t b, int64_t e) {
+      size_t i = std::upper_bound(offset.begin(), offset.end(), b) - offset.begin() - 1;
+      for (; i < count && offset[i] < e; ++i) {
+        const int64_t lo = std::max(b, offset[i]) - offset[i];
+        const int64_t hi = std::min(e, offset[i + 1]) - offset[i];
+        if (lo < hi) body(jobs[i], lo, hi);
+      }
+    });
+    for (auto& [orig, copy] : copy_back) orig.copy_(copy);
+  }
+};
+
+// f(j, len, flags) for runs [j, j + len) of elements [lo, hi) of `job`, len ≤ 8, bit k of
+// flags = element j + k survives; runs without survivors are skipped. Runs of a packed mask
+// follow its bytes (and rows, which start on a byte).
+template <typename F>
+inline void for_each_run(const Job& job, int64_t lo, int64_t hi, F&& f) {
+  if (!job.mask.defined()) {
+    for (int64_t j = lo; j < hi; j += 8) {
+      const int len = static_cast<int>(std::min<int64_t>(8, hi - j));
+      f(j, len, (1u << len) - 1u);
+    }
+    return;
+  }
+  const cpu::MaskRef& m = job.mref;
+  const int64_t cols = job.cols;
+  int64_t row = lo / cols, col = lo % cols;
+  while (lo < hi) {
+    const int64_t n = std::min(cols - col, hi - lo);
+    const uint8_t* r = m.data + row * m.row_stride;
+    for (int64_t c = col; c < col + n;) {
+      int len;
+      unsigned flags = 0;
+      if (m.packed) {
+        const int shift = static_cast<int>(c & 7);
+        len = static_cast<int>(std::min<int64_t>(8 - shift, col + n - c));
+        flags = (static_cast<unsigned>(r[c >> 3]) >> shift) & ((1u << len) - 1u);
+      } else {
+        len = static_cast<int>(std::min<int64_t>(8, col + n - c));
+        for (int k = 0; k < len; ++k) flags |= static_cast<unsigned>(r[c + k] != 0) << k;
+      }
+      if (flags != 0) f(lo + (c - col), len, flags);
+      c += len;
+    }
+    lo += n;
+    ++row;
+    col = 0;
+  }
+}
+
+#define SL_DISPATCH_OPTIM(dtype, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "masked_optim", __VA_ARGS__)
+
+}  // namespace
+
+void masked_sgd__cpu(at::TensorList params, at::TensorList grads,
+                     at::TensorList momentum_buffers, const OptionalTensors& masks, double lr,
+                     double momentum, double dampening, double weight_decay, bool nesterov,
+                     bool maximize, bool first_step) {
+  optim::check_sgd(params, grads, momentum_buffers, masks, momentum, dampening, nesterov);
+  const optim::SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
+  std::vector<at::TensorList> states;
+  if (momentum != 0.0) states.push_back(momentum_buffers);
+  Jobs jobs(params, grads, states, masks);
+  jobs.run([&](const Job& job, int64_t lo, int64_t hi) {
+    SL_DISPATCH_OPTIM(job.state[0].scalar_type(), [&] {
+      using A = at::opmath_type<scalar_t>;
+      const optim::SgdUpdate<A> u(h);
+      scalar_t* p = job.ptr<scalar_t>(0);
+      scalar_t* buf = job.ptr<scalar_t>(1);
+      const scalar_t* g = static_cast<const scalar_t*>(job.grad.data_ptr());
+      for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
+        for (int k = 0; k < len; ++k) {
+          const bool keep = (flags >> k) & 1u;
+          A pv = static_cast<A>(p[j + k]);
+          A bv = buf ? static_cast<A>(buf[j + k]) : A(0);
+          u(pv, static_cast<A>(g[j + k]), bv);
+          p[j + k] = keep ? static_cast<scalar_t>(pv) : p[j + k];
+          if (buf) buf[j + k] = keep ? static_cast<scalar_t>(bv) : buf[j + k];
+        }
+      });
+    });
+  });
+}
+
+void masked_adamw__cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                       at::TensorList exp_avg_sqs, const OptionalTensors& masks, double lr,
+                       double beta1, double beta2, double eps, double weight_decay, int64_t step,
+                       bool maximize) {
+  optim::check_adamw(params, grads, exp_avgs, exp_avg_sqs, masks, step);
+  const optim::AdamHyper h{lr, beta1, beta2, eps, weight_decay, step, maximize};
+  Jobs jobs(params, grads, {exp_avgs, exp_avg_sqs}, masks);
+  jobs.run([&](const Job& job, int64_t lo, int64_t hi) {
+    SL_DISPATCH_OPTIM(job.state[0].scalar_type(), [&] {
+      using A = at::opmath_type<scalar_t>;
+      const optim::AdamWUpdate<A> u(h);
+      scalar_t* p = job.ptr<scalar_t>(0);
+      scalar_t* m = job.ptr<scalar_t>(1);
+      scalar_t* v = job.ptr<scalar_t>(2);
+      const scalar_t* g = static_cast<const scalar_t*>(job.grad.data_ptr());
+      for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
+        for (int k = 0; k < len; ++k) {
+          const bool keep = (flags >> k) & 1u;
+          A pv = static_cast<A>(p[j + k]), mv = static_cast<A>(m[j + k]);
+          A vv = static_cast<A>(v[j + k]);
+          u(pv, static_cast<A>(g[j + k]), mv, vv);
+          p[j + k] = keep ? static_cast<scalar_t>(pv) : p[j + k];
+          m[j + k] = keep ? static_cast<scalar_t>(mv) : m[j + k];
+          v[j + k] = keep ? static_cast<scalar_t>(vv) : v[j + k];
+        }
+      });
+    });
+  });
+}
+
+}  // namespace sparse_lottery

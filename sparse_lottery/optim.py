@@ -1,0 +1,290 @@
+"""Masked optimisers: `SGD` and `AdamW` that update only the weights a mask keeps.
+
+They take torch's constructor arguments and state-dict layout (`momentum_buffer`; `step`,
+`exp_avg`, `exp_avg_sq`), and each step is torch.optim's step (single-tensor maths) on the
+surviving entries: pruned entries of the parameter and of its optimiser state are never
+written, whatever weight decay or momentum would do to them. A parameter's mask is the packed
+mask of the masked layer whose `weight` it is (`sparse_lottery.nn.mask_of`), read at every step,
+so masks may change between steps (between IMP levels); other parameters (biases, plain
+layers) are updated as torch updates them. One fused kernel call per device and param group
+(`torch.ops.sparse_lottery.masked_sgd_` / `masked_adamw_`, C++ on the CPU, CUDA on the GPU).
+
+Example:
+    >>> import torch, sparse_lottery as sl
+    >>> model = sl.sparsify(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU()))
+    >>> model[0].set_mask(torch.rand(4, 6) < 0.5)
+    >>> before = model[0].weight.detach().clone()
+    >>> opt = sl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    >>> model(torch.randn(8, 6)).sum().backward()
+    >>> opt.step()
+    >>> pruned = ~model[0].mask
+    >>> bool((model[0].weight[pruned] == before[pruned]).all())
+    True
+"""
+
+from collections import defaultdict
+
+import torch
+from torch.optim import Optimizer
+
+from . import ops  # noqa: F401  (registers the kernels)
+from .nn.masked import mask_of
+
+_ops = torch.ops.sparse_lottery
+
+
+def _check_supported(options: dict) -> None:
+    """Options of torch's optimisers these kernels do not implement: only their defaults."""
+    for name, (value, allowed) in options.items():
+        if value not in allowed:
+            raise ValueError(
+                f"{name}: sparse_lottery.optim supports only {name} in {list(allowed)} "
+                f"(one fused kernel per step), got {value!r}"
+            )
+
+
+def _check_hyper(**values) -> None:
+    for name, value in values.items():
+        if not value >= 0.0:
+            raise ValueError(f"{name}: expected a value >= 0, got {value}")
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    if p.grad.is_sparse:
+        raise TypeError("grad: sparse gradients are not supported by sparse_lottery.optim")
+    return p.grad
+
+
+class SGD(Optimizer):
+    """`torch.optim.SGD` (momentum, dampening, Nesterov, weight decay, maximize) on the surviving
+    weights only; same constructor and state (`momentum_buffer`). `foreach`, `fused` and
+    `differentiable` are accepted only at their defaults.
+
+    Example:
+        >>> layer = sparse_lottery.nn.MaskedLinear(5, 3)
+        >>> layer.set_mask(torch.eye(3, 5, dtype=torch.bool))
+        >>> opt = sparse_lottery.optim.SGD(layer.parameters(), lr=0.5, momentum=0.9)
+        >>> layer(torch.randn(4, 5)).pow(2).sum().backward()
+        >>> opt.step()
+        >>> sorted(opt.state[layer.weight])
+        ['momentum_buffer']
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        _check_hyper(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                f"nesterov: requires momentum > 0 and dampening == 0, got momentum {momentum} "
+                f"and dampening {dampening}"
+            )
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_group(group: dict) -> None:
+        _check_supported(
+            {
+                "foreach": (group["foreach"], (None, False)),
+                "differentiable": (group["differentiable"], (False,)),
+                "fused": (group["fused"], (None, False)),
+            }
+        )
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step for every parameter with a gradient; returns `closure()` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_group(group)
+            momentum = group["momentum"]
+            calls = defaultdict(lambda: ([], [], [], []))  # (device, new buffers) -> lists
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                first = False
+                if momentum != 0:
+                    state = self.state[p]
+                    first = state.get("momentum_buffer") is None
+                    if first:  # zeros where pruned; the kernel sets buf = grad elsewhere
+                        state["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format
+                        )
+                params, grads, bufs, masks = calls[p.device, first]
+                params.append(p)
+                grads.append(_grad(p))
+                masks.append(mask_of(p))
+                if momentum != 0:
+                    bufs.append(self.state[p]["momentum_buffer"])
+            for (_, first), (params, grads, bufs, masks) in calls.items():
+                _ops.masked_sgd_(
+                    params,
+                    grads,
+                    bufs,
+                    masks,
+                    float(group["lr"]),
+                    float(momentum),
+                    float(group["dampening"]),
+                    float(group["weight_decay"]),
+                    bool(group["nesterov"]),
+                    bool(group["maximize"]),
+                    first,
+                )
+        return loss
+
+
+def _scalar_dtype() -> torch.dtype:
+    """The dtype of torch's `step` state tensors."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class AdamW(Optimizer):
+    """`torch.optim.AdamW` (decoupled weight decay, maximize) on the surviving weights only;
+    same constructor and state (`step`, `exp_avg`, `exp_avg_sq`). `amsgrad`, `foreach`,
+    `capturable`, `differentiable` and `fused` are accepted only at their defaults.
+
+    Example:
+        >>> layer = sparse_lottery.nn.MaskedLinear(5, 3)
+        >>> layer.set_mask(torch.rand(3, 5) < 0.5)
+        >>> opt = sparse_lottery.optim.AdamW(layer.parameters(), lr=1e-2)
+        >>> layer(torch.randn(4, 5)).sum().backward()
+        >>> opt.step()
+        >>> sorted(opt.state[layer.weight]), int(opt.state[layer.weight]["step"])
+        (['exp_avg', 'exp_avg_sq', 'step'], 1)
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        _check_hyper(lr=lr, eps=eps, weight_decay=weight_decay)
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}]: expected a value in [0, 1), got {beta}")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": True,
+        }
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_group(group: dict) -> None:
+        _check_supported(
+            {
+                "amsgrad": (group["amsgrad"], (False,)),
+                "foreach": (group["foreach"], (None, False)),
+                "capturable": (group["capturable"], (False,)),
+                "differentiable": (group["differentiable"], (False,)),
+                "fused": (group["fused"], (None, False)),
+            }
+        )
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in (("amsgrad", False), ("maximize", False), ("foreach", None)):
+                group.setdefault(key, value)
+            for key in ("capturable", "differentiable", "fused"):
+                group.setdefault(key, False if key != "fused" else None)
+            group["decoupled_weight_decay"] = True
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step for every parameter with a gradient; returns `closure()` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_group(group)
+            calls = defaultdict(lambda: ([], [], [], [], []))  # (device, step) -> lists
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                    for key in ("exp_avg", "exp_avg_sq"):
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                lists = calls[p.device, int(state["step"].item())]
+                for items, value in zip(
+                    lists, (p, _grad(p), state["exp_avg"], state["exp_avg_sq"], mask_of(p))
+                ):
+                    items.append(value)
+            beta1, beta2 = group["betas"]
+            for (_, step), (params, grads, exp_avgs, exp_avg_sqs, masks) in calls.items():
+                _ops.masked_adamw_(
+                    params,
+                    grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    masks,
+                    float(group["lr"]),
+                    float(beta1),
+                    float(beta2),
+                    float(group["eps"]),
+                    float(group["weight_decay"]),
+                    step,
+                    bool(group["maximize"]),
+                )
+        return loss
+
+
+__all__ = ["SGD", "AdamW"]
