@@ -113,26 +113,31 @@ inline std::vector<bool> check_lists(
   return packed;
 }
 
-inline void check_sgd(at::TensorList params, at::TensorList grads, at::TensorList buffers,
-                      const OptionalTensors& masks, double momentum, double dampening,
-                      bool nesterov) {
+// Returns the state lists: the momentum buffers, or none when momentum is 0.
+inline std::vector<at::TensorList> check_sgd(at::TensorList params, at::TensorList grads,
+                                             at::TensorList buffers, const OptionalTensors& masks,
+                                             double momentum, double dampening, bool nesterov) {
   TORCH_CHECK_VALUE(momentum != 0.0 || buffers.empty(),
                     "momentum_buffers: expected none when momentum is 0, got ", buffers.size());
   TORCH_CHECK_VALUE(!nesterov || (momentum > 0.0 && dampening == 0.0),
                     "nesterov: expected momentum > 0 and dampening == 0, got momentum ",
                     momentum, " and dampening ", dampening);
-  if (momentum != 0.0) {
-    check_lists(params, grads, {{"momentum_buffers", buffers}}, masks);
-  } else {
+  if (momentum == 0.0) {
     check_lists(params, grads, {}, masks);
+    return {};
   }
+  check_lists(params, grads, {{"momentum_buffers", buffers}}, masks);
+  return {buffers};
 }
 
-inline void check_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                        at::TensorList exp_avg_sqs, const OptionalTensors& masks, int64_t step) {
+// Returns the state lists: exp_avgs, exp_avg_sqs.
+inline std::vector<at::TensorList> check_adamw(at::TensorList params, at::TensorList grads,
+                                               at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                                               const OptionalTensors& masks, int64_t step) {
   TORCH_CHECK_VALUE(step >= 1, "step: expected the step count after this step, >= 1, got ",
                     step);
   check_lists(params, grads, {{"exp_avgs", exp_avgs}, {"exp_avg_sqs", exp_avg_sqs}}, masks);
+  return {exp_avgs, exp_avg_sqs};
 }
 
 }  // namespace optim

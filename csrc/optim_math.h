@@ -83,4 +83,30 @@ struct AdamWUpdate {
   }
 };
 
+// Entry e of a parameter p, its gradient g and states s1, s2 (SGD: the momentum buffer or null,
+// unused; AdamW: exp_avg, exp_avg_sq): read, updated in A, and stored where `keep`; elsewhere the
+// values read are stored back, so a branch-free (vectorisable) loop leaves pruned entries as
+// they were. Storage types T: the CPU's c10 types or CUDA's __half / __nv_bfloat16.
+template <typename T, typename A>
+SL_HD void update_entry(const SgdUpdate<A>& u, T* p, const T* g, T* s1, T*, int64_t e,
+                        bool keep) {
+  const T p0 = p[e];
+  A pv = static_cast<A>(p0);
+  A bv = (s1 != nullptr && !u.first) ? static_cast<A>(s1[e]) : A(0);
+  u(pv, static_cast<A>(g[e]), bv);
+  p[e] = keep ? static_cast<T>(pv) : p0;
+  if (s1 != nullptr) s1[e] = keep ? static_cast<T>(bv) : s1[e];
+}
+
+template <typename T, typename A>
+SL_HD void update_entry(const AdamWUpdate<A>& u, T* p, const T* g, T* s1, T* s2, int64_t e,
+                        bool keep) {
+  const T p0 = p[e], m0 = s1[e], v0 = s2[e];
+  A pv = static_cast<A>(p0), mv = static_cast<A>(m0), vv = static_cast<A>(v0);
+  u(pv, static_cast<A>(g[e]), mv, vv);
+  p[e] = keep ? static_cast<T>(pv) : p0;
+  s1[e] = keep ? static_cast<T>(mv) : m0;
+  s2[e] = keep ? static_cast<T>(vv) : v0;
+}
+
 }  // namespace sparse_lottery::optim

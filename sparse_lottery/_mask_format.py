@@ -342,17 +342,7 @@ def check_optim_lists(params, grads, states: dict, masks) -> None:
 
 
 def check_masked_sgd(
-    params,
-    grads,
-    momentum_buffers,
-    masks,
-    lr,
-    momentum,
-    dampening,
-    weight_decay,
-    nesterov,
-    maximize,
-    first_step,
+    params, grads, momentum_buffers, masks, _lr, momentum, dampening, _weight_decay, nesterov, *_
 ) -> None:
     if momentum == 0 and len(momentum_buffers):
         raise ValueError(
@@ -367,20 +357,8 @@ def check_masked_sgd(
     check_optim_lists(params, grads, states, masks)
 
 
-def check_masked_adamw(
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_sqs,
-    masks,
-    lr,
-    beta1,
-    beta2,
-    eps,
-    weight_decay,
-    step,
-    maximize,
-) -> None:
+def check_masked_adamw(params, grads, exp_avgs, exp_avg_sqs, masks, *hyper) -> None:
+    step = hyper[5]  # after lr, beta1, beta2, eps, weight_decay
     if step < 1:
         raise ValueError(f"step: expected the step count after this step, >= 1, got {step}")
     check_optim_lists(params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, masks)

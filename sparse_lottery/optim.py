@@ -49,13 +49,44 @@ def _check_hyper(**values) -> None:
             raise ValueError(f"{name}: expected a value >= 0, got {value}")
 
 
+class _MaskedOptimizer(Optimizer):
+    """The step loop shared by the masked optimisers; `_step_group` updates one param group."""
+
+    _supported: dict = {}  # option -> the values these kernels implement
+    _load_defaults: dict = {}  # option -> value, for state dicts saved without it (as torch)
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self._load_defaults.items():
+                group.setdefault(key, value)
+
+    def _check_group(self, group: dict) -> None:
+        _check_supported({k: (group[k], allowed) for k, allowed in self._supported.items()})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step for every parameter with a gradient; returns `closure()` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._check_group(group)
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+
 def _grad(p: torch.Tensor) -> torch.Tensor:
     if p.grad.is_sparse:
         raise TypeError("grad: sparse gradients are not supported by sparse_lottery.optim")
     return p.grad
 
 
-class SGD(Optimizer):
+class SGD(_MaskedOptimizer):
     """`torch.optim.SGD` (momentum, dampening, Nesterov, weight decay, maximize) on the surviving
     weights only; same constructor and state (`momentum_buffer`). `foreach`, `fused` and
     `differentiable` are accepted only at their defaults.
@@ -69,6 +100,10 @@ class SGD(Optimizer):
         >>> sorted(opt.state[layer.weight])
         ['momentum_buffer']
     """
+
+    _supported = {"foreach": (None, False), "differentiable": (False,), "fused": (None, False)}
+    _load_defaults = {"nesterov": False, "maximize": False, "foreach": None}
+    _load_defaults |= {"differentiable": False, "fused": False}
 
     def __init__(
         self,
@@ -104,68 +139,40 @@ class SGD(Optimizer):
         self._check_group(defaults)
         super().__init__(params, defaults)
 
-    @staticmethod
-    def _check_group(group: dict) -> None:
-        _check_supported(
-            {
-                "foreach": (group["foreach"], (None, False)),
-                "differentiable": (group["differentiable"], (False,)),
-                "fused": (group["fused"], (None, False)),
-            }
-        )
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", False)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step for every parameter with a gradient; returns `closure()` if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._check_group(group)
-            momentum = group["momentum"]
-            calls = defaultdict(lambda: ([], [], [], []))  # (device, new buffers) -> lists
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                first = False
-                if momentum != 0:
-                    state = self.state[p]
-                    first = state.get("momentum_buffer") is None
-                    if first:  # zeros where pruned; the kernel sets buf = grad elsewhere
-                        state["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format
-                        )
-                params, grads, bufs, masks = calls[p.device, first]
-                params.append(p)
-                grads.append(_grad(p))
-                masks.append(mask_of(p))
-                if momentum != 0:
-                    bufs.append(self.state[p]["momentum_buffer"])
-            for (_, first), (params, grads, bufs, masks) in calls.items():
-                _ops.masked_sgd_(
-                    params,
-                    grads,
-                    bufs,
-                    masks,
-                    float(group["lr"]),
-                    float(momentum),
-                    float(group["dampening"]),
-                    float(group["weight_decay"]),
-                    bool(group["nesterov"]),
-                    bool(group["maximize"]),
-                    first,
-                )
-        return loss
+    def _step_group(self, group: dict) -> None:
+        momentum = group["momentum"]
+        calls = defaultdict(lambda: ([], [], [], []))  # (device, new buffers) -> lists
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            first = False
+            if momentum != 0:
+                state = self.state[p]
+                first = state.get("momentum_buffer") is None
+                if first:  # zeros where pruned; the kernel sets buf = grad elsewhere
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+            params, grads, bufs, masks = calls[p.device, first]
+            params.append(p)
+            grads.append(_grad(p))
+            masks.append(mask_of(p))
+            if momentum != 0:
+                bufs.append(self.state[p]["momentum_buffer"])
+        for (_, first), (params, grads, bufs, masks) in calls.items():
+            _ops.masked_sgd_(
+                params,
+                grads,
+                bufs,
+                masks,
+                float(group["lr"]),
+                float(momentum),
+                float(group["dampening"]),
+                float(group["weight_decay"]),
+                bool(group["nesterov"]),
+                bool(group["maximize"]),
+                first,
+            )
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -173,7 +180,7 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-class AdamW(Optimizer):
+class AdamW(_MaskedOptimizer):
     """`torch.optim.AdamW` (decoupled weight decay, maximize) on the surviving weights only;
     same constructor and state (`step`, `exp_avg`, `exp_avg_sq`). `amsgrad`, `foreach`,
     `capturable`, `differentiable` and `fused` are accepted only at their defaults.
@@ -187,6 +194,16 @@ class AdamW(Optimizer):
         >>> sorted(opt.state[layer.weight]), int(opt.state[layer.weight]["step"])
         (['exp_avg', 'exp_avg_sq', 'step'], 1)
     """
+
+    _supported = {
+        "amsgrad": (False,),
+        "foreach": (None, False),
+        "capturable": (False,),
+        "differentiable": (False,),
+        "fused": (None, False),
+    }
+    _load_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False}
+    _load_defaults |= {"differentiable": False, "fused": None, "decoupled_weight_decay": True}
 
     def __init__(
         self,
@@ -223,68 +240,38 @@ class AdamW(Optimizer):
         self._check_group(defaults)
         super().__init__(params, defaults)
 
-    @staticmethod
-    def _check_group(group: dict) -> None:
-        _check_supported(
-            {
-                "amsgrad": (group["amsgrad"], (False,)),
-                "foreach": (group["foreach"], (None, False)),
-                "capturable": (group["capturable"], (False,)),
-                "differentiable": (group["differentiable"], (False,)),
-                "fused": (group["fused"], (None, False)),
-            }
-        )
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in (("amsgrad", False), ("maximize", False), ("foreach", None)):
-                group.setdefault(key, value)
-            for key in ("capturable", "differentiable", "fused"):
-                group.setdefault(key, False if key != "fused" else None)
-            group["decoupled_weight_decay"] = True
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One step for every parameter with a gradient; returns `closure()` if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._check_group(group)
-            calls = defaultdict(lambda: ([], [], [], [], []))  # (device, step) -> lists
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
-                    for key in ("exp_avg", "exp_avg_sq"):
-                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                lists = calls[p.device, int(state["step"].item())]
-                for items, value in zip(
-                    lists, (p, _grad(p), state["exp_avg"], state["exp_avg_sq"], mask_of(p))
-                ):
-                    items.append(value)
-            beta1, beta2 = group["betas"]
-            for (_, step), (params, grads, exp_avgs, exp_avg_sqs, masks) in calls.items():
-                _ops.masked_adamw_(
-                    params,
-                    grads,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    masks,
-                    float(group["lr"]),
-                    float(beta1),
-                    float(beta2),
-                    float(group["eps"]),
-                    float(group["weight_decay"]),
-                    step,
-                    bool(group["maximize"]),
-                )
-        return loss
+    def _step_group(self, group: dict) -> None:
+        calls = defaultdict(lambda: ([], [], [], [], []))  # (device, step) -> lists
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            lists = calls[p.device, int(state["step"].item())]
+            for items, value in zip(
+                lists, (p, _grad(p), state["exp_avg"], state["exp_avg_sq"], mask_of(p))
+            ):
+                items.append(value)
+        beta1, beta2 = group["betas"]
+        for (_, step), (params, grads, exp_avgs, exp_avg_sqs, masks) in calls.items():
+            _ops.masked_adamw_(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                masks,
+                float(group["lr"]),
+                float(beta1),
+                float(beta2),
+                float(group["eps"]),
+                float(group["weight_decay"]),
+                step,
+                bool(group["maximize"]),
+            )
 
 
 __all__ = ["SGD", "AdamW"]

@@ -282,6 +282,27 @@ def _opcheck_cases(device):
         ),
         (OPS.magnitude_prune.default, ([w.detach(), b.detach()], [keep, None], [3, 2], True, True)),
         (OPS.random_prune.default, ([packed, keep], [0.5], False, False, 1234)),
+        (
+            OPS.masked_sgd_.default,
+            (
+                [w.detach().clone(), b.detach().clone()],
+                [torch.randn_like(w), torch.randn_like(b)],
+                [torch.randn_like(w), torch.randn_like(b)],
+                [packed, None],
+                *(0.1, 0.9, 0.0, 0.01, True, False, False),
+            ),
+        ),
+        (
+            OPS.masked_adamw_.default,
+            (
+                [w.detach().clone(), b.detach().clone()],
+                [torch.randn_like(w), torch.randn_like(b)],
+                [torch.randn_like(w), torch.randn_like(b)],
+                [torch.rand_like(w), torch.rand_like(b)],
+                [keep, None],
+                *(0.01, 0.9, 0.999, 1e-8, 0.01, 2, False),
+            ),
+        ),
     ]
 
 

@@ -124,8 +124,25 @@ inline void for_each_run(const Job& job, int64_t lo, int64_t hi, F&& f) {
   }
 }
 
-#define SL_DISPATCH_OPTIM(dtype, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "masked_optim", __VA_ARGS__)
+// Runs update U (optim_math.h) with hyperparameters h over every job, in one parallel region.
+template <template <typename> class U, typename H>
+void run(Jobs& jobs, const H& h) {
+  jobs.run([&](const Job& job, int64_t lo, int64_t hi) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, job.state[0].scalar_type(),
+                                    "masked_optim", [&] {
+      using A = at::opmath_type<scalar_t>;
+      const U<A> u(h);
+      scalar_t* p = job.ptr<scalar_t>(0);
+      scalar_t* s1 = job.ptr<scalar_t>(1);
+      scalar_t* s2 = job.ptr<scalar_t>(2);
+      const auto* g = static_cast<const scalar_t*>(job.grad.data_ptr());
+      for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
+        for (int k = 0; k < len; ++k)
+          optim::update_entry(u, p, g, s1, s2, j + k, ((flags >> k) & 1u) != 0);
+      });
+    });
+  });
+}
 
 }  // namespace
 
@@ -133,60 +150,22 @@ void masked_sgd__cpu(at::TensorList params, at::TensorList grads,
                      at::TensorList momentum_buffers, const OptionalTensors& masks, double lr,
                      double momentum, double dampening, double weight_decay, bool nesterov,
                      bool maximize, bool first_step) {
-  optim::check_sgd(params, grads, momentum_buffers, masks, momentum, dampening, nesterov);
-  const optim::SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
-  std::vector<at::TensorList> states;
-  if (momentum != 0.0) states.push_back(momentum_buffers);
-  Jobs jobs(params, grads, states, masks);
-  jobs.run([&](const Job& job, int64_t lo, int64_t hi) {
-    SL_DISPATCH_OPTIM(job.state[0].scalar_type(), [&] {
-      using A = at::opmath_type<scalar_t>;
-      const optim::SgdUpdate<A> u(h);
-      scalar_t* p = job.ptr<scalar_t>(0);
-      scalar_t* buf = job.ptr<scalar_t>(1);
-      const scalar_t* g = static_cast<const scalar_t*>(job.grad.data_ptr());
-      for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
-        for (int k = 0; k < len; ++k) {
-          const bool keep = (flags >> k) & 1u;
-          A pv = static_cast<A>(p[j + k]);
-          A bv = buf ? static_cast<A>(buf[j + k]) : A(0);
-          u(pv, static_cast<A>(g[j + k]), bv);
-          p[j + k] = keep ? static_cast<scalar_t>(pv) : p[j + k];
-          if (buf) buf[j + k] = keep ? static_cast<scalar_t>(bv) : buf[j + k];
-        }
-      });
-    });
-  });
+  Jobs jobs(params, grads,
+            optim::check_sgd(params, grads, momentum_buffers, masks, momentum, dampening,
+                             nesterov),
+            masks);
+  run<optim::SgdUpdate>(
+      jobs, optim::SgdHyper{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step});
 }
 
 void masked_adamw__cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                        at::TensorList exp_avg_sqs, const OptionalTensors& masks, double lr,
                        double beta1, double beta2, double eps, double weight_decay, int64_t step,
                        bool maximize) {
-  optim::check_adamw(params, grads, exp_avgs, exp_avg_sqs, masks, step);
-  const optim::AdamHyper h{lr, beta1, beta2, eps, weight_decay, step, maximize};
-  Jobs jobs(params, grads, {exp_avgs, exp_avg_sqs}, masks);
-  jobs.run([&](const Job& job, int64_t lo, int64_t hi) {
-    SL_DISPATCH_OPTIM(job.state[0].scalar_type(), [&] {
-      using A = at::opmath_type<scalar_t>;
-      const optim::AdamWUpdate<A> u(h);
-      scalar_t* p = job.ptr<scalar_t>(0);
-      scalar_t* m = job.ptr<scalar_t>(1);
-      scalar_t* v = job.ptr<scalar_t>(2);
-      const scalar_t* g = static_cast<const scalar_t*>(job.grad.data_ptr());
-      for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
-        for (int k = 0; k < len; ++k) {
-          const bool keep = (flags >> k) & 1u;
-          A pv = static_cast<A>(p[j + k]), mv = static_cast<A>(m[j + k]);
-          A vv = static_cast<A>(v[j + k]);
-          u(pv, static_cast<A>(g[j + k]), mv, vv);
-          p[j + k] = keep ? static_cast<scalar_t>(pv) : p[j + k];
-          m[j + k] = keep ? static_cast<scalar_t>(mv) : m[j + k];
-          v[j + k] = keep ? static_cast<scalar_t>(vv) : v[j + k];
-        }
-      });
-    });
-  });
+  Jobs jobs(params, grads,
+            optim::check_adamw(params, grads, exp_avgs, exp_avg_sqs, masks, step), masks);
+  run<optim::AdamWUpdate>(jobs,
+                          optim::AdamHyper{lr, beta1, beta2, eps, weight_decay, step, maximize});
 }
 
 }  // namespace sparse_lottery

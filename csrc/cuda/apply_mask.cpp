@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cuda/common.h"
+#include "cuda/table.h"
 #include "sparse_lottery.h"
 
 namespace sparse_lottery {
@@ -88,15 +89,7 @@ void apply_masks__cuda(std::vector<at::Tensor> tensors, std::vector<at::Tensor> 
   if (n_chunks == 0) return;
   TORCH_CHECK(n_chunks < (int64_t(1) << 31), "tensors: too many elements for one launch");
 
-  // One pinned host buffer and one asynchronous copy; the caching host allocator keeps the
-  // block until the copy has run, and the device table is freed in stream order.
-  const int64_t n = static_cast<int64_t>(jobs.size() + chunks.size());
-  at::Tensor host = at::empty({n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-  int64_t* h = host.data_ptr<int64_t>();
-  std::copy(jobs.begin(), jobs.end(), h);
-  std::copy(chunks.begin(), chunks.end(), h + jobs.size());
-  at::Tensor table = at::empty({n}, at::TensorOptions().dtype(at::kLong).device(device));
-  table.copy_(host, /*non_blocking=*/true);
+  const at::Tensor table = device_table(jobs, chunks, device);
   const int64_t* d = table.data_ptr<int64_t>();
   C10_CUDA_CHECK(
       launch_multi_mask(d, d + jobs.size(), n_chunks, c10::cuda::getCurrentCUDAStream()));

@@ -12,26 +12,6 @@ namespace sparse_lottery {
 namespace cuda {
 namespace {
 
-template <typename T, typename A>
-__device__ __forceinline__ void step(const optim::SgdUpdate<A>& u, T* p, const T* g, T* buf,
-                                     T*, int64_t e) {
-  A pv = static_cast<A>(p[e]);
-  A bv = (buf != nullptr && !u.first) ? static_cast<A>(buf[e]) : A(0);
-  u(pv, static_cast<A>(g[e]), bv);
-  p[e] = static_cast<T>(pv);
-  if (buf != nullptr) buf[e] = static_cast<T>(bv);
-}
-
-template <typename T, typename A>
-__device__ __forceinline__ void step(const optim::AdamWUpdate<A>& u, T* p, const T* g, T* m,
-                                     T* v, int64_t e) {
-  A pv = static_cast<A>(p[e]), mv = static_cast<A>(m[e]), vv = static_cast<A>(v[e]);
-  u(pv, static_cast<A>(g[e]), mv, vv);
-  p[e] = static_cast<T>(pv);
-  m[e] = static_cast<T>(mv);
-  v[e] = static_cast<T>(vv);
-}
-
 template <typename T, typename U>
 __device__ __forceinline__ void run_chunk(const int64_t* job, int64_t e0, const U& u) {
   T* p = reinterpret_cast<T*>(job[0]);
@@ -53,7 +33,7 @@ __device__ __forceinline__ void run_chunk(const int64_t* job, int64_t e0, const 
       }
       if (!keep) continue;
     }
-    step<T>(u, p, g, s1, s2, e);
+    optim::update_entry(u, p, g, s1, s2, e, true);
   }
 }
 

@@ -2,7 +2,6 @@
 // launch over a device table of jobs (one per parameter) and chunks (one block each), copied
 // from pinned memory as apply_masks_ does. Non-contiguous tensors are updated in a contiguous
 // copy that is copied back.
-#include <algorithm>
 #include <array>
 #include <deque>
 #include <string>
@@ -11,6 +10,7 @@
 
 #include "cuda/common.h"
 #include "cuda/optim_launch.h"
+#include "cuda/table.h"
 #include "masked_optim.h"
 
 namespace sparse_lottery {
@@ -59,13 +59,7 @@ class Table {
     if (n_chunks == 0) return;
     TORCH_CHECK(n_chunks < (int64_t(1) << 31), "params: too many elements for one launch");
     const c10::cuda::CUDAGuard guard(device_);
-    const int64_t n = static_cast<int64_t>(jobs_.size() + chunks_.size());
-    at::Tensor host = at::empty({n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-    int64_t* h = host.data_ptr<int64_t>();
-    std::copy(jobs_.begin(), jobs_.end(), h);
-    std::copy(chunks_.begin(), chunks_.end(), h + jobs_.size());
-    at::Tensor table = at::empty({n}, at::TensorOptions().dtype(at::kLong).device(device_));
-    table.copy_(host, /*non_blocking=*/true);
+    const at::Tensor table = cuda::device_table(jobs_, chunks_, device_);
     const int64_t* d = table.data_ptr<int64_t>();
     C10_CUDA_CHECK(f(d, d + jobs_.size(), n_chunks, c10::cuda::getCurrentCUDAStream()));
     for (auto& [orig, copy] : copy_back_) orig.copy_(copy);
@@ -97,13 +91,12 @@ void masked_sgd__cuda(at::TensorList params, at::TensorList grads,
                       at::TensorList momentum_buffers, const OptionalTensors& masks, double lr,
                       double momentum, double dampening, double weight_decay, bool nesterov,
                       bool maximize, bool first_step) {
-  optim::check_sgd(params, grads, momentum_buffers, masks, momentum, dampening, nesterov);
+  auto states =
+      optim::check_sgd(params, grads, momentum_buffers, masks, momentum, dampening, nesterov);
   if (params.empty()) return;
-  std::vector<at::TensorList> states;
-  if (momentum != 0.0) states.push_back(momentum_buffers);
   const optim::SgdHyper h{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
-  Table(params, grads, states, masks).launch(
-      [&](const int64_t* jobs, const int64_t* chunks, int64_t n, cudaStream_t stream) {
+  Table(params, grads, std::move(states), masks)
+      .launch([&](const int64_t* jobs, const int64_t* chunks, int64_t n, cudaStream_t stream) {
         return cuda::launch_masked_sgd(jobs, chunks, n, h, stream);
       });
 }
@@ -112,11 +105,11 @@ void masked_adamw__cuda(at::TensorList params, at::TensorList grads, at::TensorL
                         at::TensorList exp_avg_sqs, const OptionalTensors& masks, double lr,
                         double beta1, double beta2, double eps, double weight_decay,
                         int64_t step, bool maximize) {
-  optim::check_adamw(params, grads, exp_avgs, exp_avg_sqs, masks, step);
+  auto states = optim::check_adamw(params, grads, exp_avgs, exp_avg_sqs, masks, step);
   if (params.empty()) return;
   const optim::AdamHyper h{lr, beta1, beta2, eps, weight_decay, step, maximize};
-  Table(params, grads, {exp_avgs, exp_avg_sqs}, masks).launch(
-      [&](const int64_t* jobs, const int64_t* chunks, int64_t n, cudaStream_t stream) {
+  Table(params, grads, std::move(states), masks)
+      .launch([&](const int64_t* jobs, const int64_t* chunks, int64_t n, cudaStream_t stream) {
         return cuda::launch_masked_adamw(jobs, chunks, n, h, stream);
       });
 }
