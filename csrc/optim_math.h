@@ -9,6 +9,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#if !defined(__CUDACC__)
+#include <bit>
+#endif
 
 #if defined(__CUDACC__)
 #define SL_HD __host__ __device__ __forceinline__
@@ -44,13 +48,13 @@ struct SgdUpdate {
 
   // p: the parameter, g: its gradient, buf: the momentum buffer (read unless first, written
   // when has_momentum; ignored otherwise).
+  // Selects of computed values rather than branches.
   SL_HD void operator()(A& p, A g, A& buf) const {
-    if (maximize) g = -g;
-    if (weight_decay != A(0)) g = g + weight_decay * p;   // grad.add(param, alpha=wd)
-    if (has_momentum) {
-      buf = first ? g : buf * momentum + one_minus_dampening * g;  // clone / mul_.add_
-      g = nesterov ? g + momentum * buf : buf;
-    }
+    g = maximize ? -g : g;
+    g = (weight_decay != A(0)) ? g + weight_decay * p : g;  // grad.add(param, alpha=wd)
+    const A b = first ? g : buf * momentum + one_minus_dampening * g;  // clone / mul_.add_
+    buf = has_momentum ? b : buf;
+    g = has_momentum ? (nesterov ? g + momentum * b : b) : g;
     p = p + neg_lr * g;  // param.add_(grad, alpha=-lr)
   }
 };
@@ -71,9 +75,10 @@ struct AdamWUpdate {
         decay_on(h.weight_decay != 0.0), maximize(h.maximize) {}
 
   // p: the parameter, g: its gradient, m, v: exp_avg and exp_avg_sq (read and written).
+  // Selects of computed values, like SgdUpdate.
   SL_HD void operator()(A& p, A g, A& m, A& v) const {
-    if (maximize) g = -g;
-    if (decay_on) p = p * decay;  // param.mul_(1 - lr * weight_decay)
+    g = maximize ? -g : g;
+    p = decay_on ? p * decay : p;  // param.mul_(1 - lr * weight_decay)
     // exp_avg.lerp_(grad, 1 - beta1), with ATen's two-sided lerp formula
     const A d = g - m;
     m = (lerp_weight < A(0.5)) ? m + lerp_weight * d : g - d * (A(1) - lerp_weight);
@@ -83,30 +88,49 @@ struct AdamWUpdate {
   }
 };
 
-// Entry e of a parameter p, its gradient g and states s1, s2 (SGD: the momentum buffer or null,
-// unused; AdamW: exp_avg, exp_avg_sq): read, updated in A, and stored where `keep`; elsewhere the
-// values read are stored back, so a branch-free (vectorisable) loop leaves pruned entries as
-// they were. Storage types T: the CPU's c10 types or CUDA's __half / __nv_bfloat16.
-template <typename T, typename A>
+// keep ? a : b. On the host a bit blend: written as a select of the value just loaded, GCC
+// turns it back into a conditional store, which no loop vectoriser can take.
+template <typename T>
+SL_HD T pick(bool keep, T a, T b) {
+#if defined(__CUDACC__)
+  return keep ? a : b;
+#else
+  using U = std::conditional_t<sizeof(T) == 2, uint16_t,
+                               std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+  const U m = U(0) - U(keep);
+  return std::bit_cast<T>(static_cast<U>((std::bit_cast<U>(a) & m) | (std::bit_cast<U>(b) & ~m)));
+#endif
+}
+
+// Entry e of a parameter p, its gradient g and states s1, s2 (SGD: the momentum buffer, present
+// when kState1, and nothing; AdamW: exp_avg and exp_avg_sq): read, updated in A, and stored
+// where `keep`; elsewhere the values read are stored back, so that a branch-free (vectorisable)
+// loop leaves pruned entries as they were. T: the CPU's c10 types or CUDA's __half/__nv_bfloat16.
+template <bool kState1, typename T, typename A>
 SL_HD void update_entry(const SgdUpdate<A>& u, T* p, const T* g, T* s1, T*, int64_t e,
                         bool keep) {
   const T p0 = p[e];
   A pv = static_cast<A>(p0);
-  A bv = (s1 != nullptr && !u.first) ? static_cast<A>(s1[e]) : A(0);
+  A bv = A(0);
+  T b0{};
+  if constexpr (kState1) {
+    b0 = s1[e];  // read even on the first step (ignored there): no conditional load
+    bv = static_cast<A>(b0);
+  }
   u(pv, static_cast<A>(g[e]), bv);
-  p[e] = keep ? static_cast<T>(pv) : p0;
-  if (s1 != nullptr) s1[e] = keep ? static_cast<T>(bv) : s1[e];
+  p[e] = pick(keep, static_cast<T>(pv), p0);
+  if constexpr (kState1) s1[e] = pick(keep, static_cast<T>(bv), b0);
 }
 
-template <typename T, typename A>
+template <bool kState1, typename T, typename A>
 SL_HD void update_entry(const AdamWUpdate<A>& u, T* p, const T* g, T* s1, T* s2, int64_t e,
                         bool keep) {
   const T p0 = p[e], m0 = s1[e], v0 = s2[e];
   A pv = static_cast<A>(p0), mv = static_cast<A>(m0), vv = static_cast<A>(v0);
   u(pv, static_cast<A>(g[e]), mv, vv);
-  p[e] = keep ? static_cast<T>(pv) : p0;
-  s1[e] = keep ? static_cast<T>(mv) : m0;
-  s2[e] = keep ? static_cast<T>(vv) : v0;
+  p[e] = pick(keep, static_cast<T>(pv), p0);
+  s1[e] = pick(keep, static_cast<T>(mv), m0);
+  s2[e] = pick(keep, static_cast<T>(vv), v0);
 }
 
 }  // namespace sparse_lottery::optim

@@ -124,6 +124,21 @@ inline void for_each_run(const Job& job, int64_t lo, int64_t hi, F&& f) {
   }
 }
 
+// Entries [j, j + len) of one tensor, updated where bit k of `flags` is set. A whole run (8)
+// has a constant trip count, so the compiler unrolls and vectorises it.
+template <bool kState1, typename U, typename T>
+inline void update_run(const U& shared, T* __restrict p, const T* __restrict g,
+                       T* __restrict s1, T* __restrict s2, int64_t j, int len, unsigned flags) {
+  const U u = shared;  // a local copy: its fields are loop invariants, not loads after stores
+  if (len == 8) {
+    for (int k = 0; k < 8; ++k)
+      optim::update_entry<kState1>(u, p, g, s1, s2, j + k, ((flags >> k) & 1u) != 0);
+  } else {
+    for (int k = 0; k < len; ++k)
+      optim::update_entry<kState1>(u, p, g, s1, s2, j + k, ((flags >> k) & 1u) != 0);
+  }
+}
+
 // Runs update U (optim_math.h) with hyperparameters h over every job, in one parallel region.
 template <template <typename> class U, typename H>
 void run(Jobs& jobs, const H& h) {
@@ -136,10 +151,15 @@ void run(Jobs& jobs, const H& h) {
       scalar_t* s1 = job.ptr<scalar_t>(1);
       scalar_t* s2 = job.ptr<scalar_t>(2);
       const auto* g = static_cast<const scalar_t*>(job.grad.data_ptr());
-      for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
-        for (int k = 0; k < len; ++k)
-          optim::update_entry(u, p, g, s1, s2, j + k, ((flags >> k) & 1u) != 0);
-      });
+      if (s1 != nullptr) {
+        for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
+          update_run<true>(u, p, g, s1, s2, j, len, flags);
+        });
+      } else {  // SGD without momentum
+        for_each_run(job, lo, hi, [&](int64_t j, int len, unsigned flags) {
+          update_run<false>(u, p, g, s1, s2, j, len, flags);
+        });
+      }
     });
   });
 }

@@ -33,7 +33,11 @@ __device__ __forceinline__ void run_chunk(const int64_t* job, int64_t e0, const 
       }
       if (!keep) continue;
     }
-    optim::update_entry(u, p, g, s1, s2, e, true);
+    if (s1 != nullptr) {  // uniform per block
+      optim::update_entry<true>(u, p, g, s1, s2, e, true);
+    } else {
+      optim::update_entry<false>(u, p, g, s1, s2, e, true);
+    }
   }
 }
 
