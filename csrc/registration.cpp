@@ -110,7 +110,12 @@ TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("magnitude_prune", &magnitude_prune_##device);                       \
   m.impl("random_prune", &random_prune_##device)
 
-TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) { SL_REGISTER(cpu); }
+// Sparse execution: C++ on the CPU; on CUDA the Triton or reference kernels (_registry.py).
+TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) {
+  SL_REGISTER(cpu);
+  m.impl("sparse_linear", &sparse_linear_cpu);
+  m.impl("sparse_linear_backward", &sparse_linear_backward_cpu);
+}
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(sparse_lottery, CUDA, m) { SL_REGISTER(cuda); }

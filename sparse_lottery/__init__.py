@@ -9,8 +9,9 @@ Example:
     1.0
 """
 
-from . import nn, ops
+from . import nn, ops, sparse
 from .backends import backends, format_backends, set_backend
+from .execution import set_execution
 from .model import (
     density,
     export_dense,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "nn",
     "ops",
+    "sparse",
     "backends",
     "format_backends",
     "set_backend",
@@ -43,5 +45,6 @@ __all__ = [
     "from_torch_prune",
     "to_torch_prune",
     "prune",
+    "set_execution",
     "PruneReport",
 ]

@@ -1,4 +1,5 @@
-"""Masked drop-in layers: `MaskedLinear`, `MaskedConv1d`, `MaskedConv2d`.
+"""Masked drop-in layers: `MaskedLinear`, `MaskedConv1d`, `MaskedConv2d`; and `SparseLinear`,
+the sparse-execution form of `MaskedLinear`.
 
 Example:
     >>> import torch, sparse_lottery as sl
@@ -8,5 +9,13 @@ Example:
 """
 
 from .masked import MASK_BUFFER, MASKED_TYPES, MaskedConv1d, MaskedConv2d, MaskedLinear
+from .sparse import SparseLinear
 
-__all__ = ["MaskedLinear", "MaskedConv1d", "MaskedConv2d", "MASKED_TYPES", "MASK_BUFFER"]
+__all__ = [
+    "MaskedLinear",
+    "MaskedConv1d",
+    "MaskedConv2d",
+    "SparseLinear",
+    "MASKED_TYPES",
+    "MASK_BUFFER",
+]
