@@ -308,3 +308,23 @@ def test_set_execution_errors():
 
 def test_atol_table_covers_every_dtype():
     assert set(ALL_DTYPES) <= set(ATOL)
+
+
+def test_model_api_refuses_layers_in_sparse_execution():
+    model = _model()
+    sl.set_execution(model, "sparse")
+    for call in (sl.masks, sl.density, lambda m: sl.prune(m, 0.2)):
+        with pytest.raises(TypeError, match="layer '0' is a SparseLinear"):
+            call(model)
+    sl.set_execution(model, "dense")
+    assert sl.prune(model, 0.2).removed["0"] > 0
+
+
+def test_export_dense_of_a_model_in_sparse_execution():
+    model = _model()
+    x = torch.randn(3, 64)
+    expected = model(x)
+    sl.set_execution(model, "sparse")
+    dense = sl.export_dense(model)
+    assert type(dense[0]) is torch.nn.Linear
+    torch.testing.assert_close(dense(x), expected, rtol=1e-5, atol=1e-5)
