@@ -12,7 +12,8 @@ optimiser) of a pruned layer, per method, over sparsity, in one run on the same 
 SGD with momentum 0.9, gradients set to None before each step (zero_grad(set_to_none=True)).
 Memory: bytes of parameters, gradients, optimiser state and the masks or indices training needs,
 measured on the tensors after a step, as a share of the dense layer's. Convolutions (ResNet-20,
-VGG-16 on 32×32) run dense-fused only: sparse execution covers linear layers so far.
+VGG-16 on 32×32, 3×3, padding 1) run sparse through im2col (`SparseConv2d`); auto measures with
+the layer's real input.
 
     python benchmarks/bench_sparse_training.py                 # CPU, fp32
     python benchmarks/bench_sparse_training.py --device cuda   # GPU: 8192 tokens, bf16
@@ -24,6 +25,7 @@ target.
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -183,12 +185,22 @@ def conv_methods(batch, cin, cout, size, sparsity, dtype, device, gen):
     pruned.load_state_dict(dense.state_dict())
     prune.custom_from_mask(pruned, "weight", mask)
     masked = sl.nn.MaskedConv2d.from_dense(torch.nn.Conv2d(cin, cout, 3, padding=1, **to), mask)
+    masked.load_state_dict({**dense.state_dict(), "weight_mask_packed": sl.pack_mask(mask)})
+    sparse = sl.nn.SparseConv2d.from_masked(masked)
+    auto_model = torch.nn.Sequential(copy.deepcopy(masked))
+    choice = sl.set_execution(auto_model, "auto", example=x.detach())["0"]
+    with torch.no_grad():
+        ref = masked(x)
+        for name, layer in (("sparse", sparse), ("auto", auto_model)):
+            err = (layer(x) - ref).abs().max().item() / max(1.0, ref.abs().max().item())
+            assert err <= (1e-4 if dtype == torch.float32 else 3e-2), f"{name}: differs by {err}"
     steps, memory = {}, {}
-    for name, layer in (("dense", dense), ("prune", pruned), ("masked", masked)):
+    for name, layer in (("dense", dense), ("prune", pruned), ("masked", masked),
+                        ("sparse", sparse), ("auto", auto_model)):  # fmt: skip
         steps[name], opt = _trainer(layer, x, gy)
         steps[name]()
         memory[name] = training_bytes(layer, opt)
-    return steps, memory, "dense"
+    return steps, memory, choice
 
 
 # --------------------------------------------------------------------------- report
@@ -274,7 +286,7 @@ def plot(rows, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = list(dict.fromkeys(r["layer"] for r in rows if "sparse" in r["speedup"]))
+    layers = list(dict.fromkeys(r["layer"] for r in rows if r["large"] or r["kind"] == "conv"))
     fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         rs = [r for r in rows if r["layer"] == layer]

@@ -328,3 +328,49 @@ def test_export_dense_of_a_model_in_sparse_execution():
     dense = sl.export_dense(model)
     assert type(dense[0]) is torch.nn.Linear
     torch.testing.assert_close(dense(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- convolutions
+@pytest.mark.parametrize(
+    "kwargs", [dict(padding=1), dict(stride=2, padding=2, dilation=2), dict(kernel_size=(1, 3))]
+)
+def test_sparse_conv2d_matches_masked_conv2d(kwargs):
+    torch.manual_seed(4)
+    kwargs = {"kernel_size": 3, **kwargs}
+    conv = sl.nn.MaskedConv2d(6, 10, **kwargs)
+    conv.set_mask(torch.rand(conv.weight.shape) < 0.2)
+    sparse = sl.nn.SparseConv2d.from_masked(conv)
+    x = torch.randn(3, 6, 11, 9, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(sparse(x), conv(x2), rtol=1e-5, atol=1e-5)
+    sparse(x).square().sum().backward()
+    conv(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    dense_grad = sparse.layout.dense(sparse.values.grad).reshape(conv.weight.shape)
+    torch.testing.assert_close(dense_grad, conv.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sparse(x[0]), conv(x2[0]), rtol=1e-5, atol=1e-5)  # unbatched
+    back = sparse.to_masked()
+    assert type(back) is sl.nn.MaskedConv2d and torch.equal(back.mask, conv.mask)
+    torch.testing.assert_close(back(x2), conv(x2))
+
+
+def test_sparse_conv2d_unsupported_layers_stay_dense():
+    grouped = sl.nn.MaskedConv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="groups=2"):
+        sl.nn.SparseConv2d.from_masked(grouped)
+    model = torch.nn.Sequential(grouped, sl.nn.MaskedConv2d(4, 4, 3, padding="same"))
+    assert sl.set_execution(model, "sparse") == {"0": "dense", "1": "dense"}
+
+
+def test_set_execution_of_convolutions_needs_an_example_for_auto():
+    torch.manual_seed(5)
+    model = sl.sparsify(torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1)))
+    model[0].set_mask(torch.rand(model[0].weight.shape) < 0.02)
+    assert sl.set_execution(model, "auto") == {"0": "dense"}  # input size unknown
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    chosen = sl.set_execution(model, "auto", example=x)
+    assert isinstance(model[0], sl.nn.SparseConv2d) == (chosen["0"] == "sparse")
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert sl.set_execution(model, "sparse") == {"0": "sparse"}
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

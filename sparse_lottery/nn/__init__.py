@@ -1,5 +1,5 @@
 """Masked drop-in layers: `MaskedLinear`, `MaskedConv1d`, `MaskedConv2d`; and `SparseLinear`,
-the sparse-execution form of `MaskedLinear`.
+`SparseConv2d`, their sparse-execution forms.
 
 Example:
     >>> import torch, sparse_lottery as sl
@@ -9,13 +9,15 @@ Example:
 """
 
 from .masked import MASK_BUFFER, MASKED_TYPES, MaskedConv1d, MaskedConv2d, MaskedLinear
-from .sparse import SparseLinear
+from .sparse import SPARSE_TYPES, SparseConv2d, SparseLinear
 
 __all__ = [
     "MaskedLinear",
     "MaskedConv1d",
     "MaskedConv2d",
     "SparseLinear",
+    "SparseConv2d",
+    "SPARSE_TYPES",
     "MASKED_TYPES",
     "MASK_BUFFER",
 ]
