@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -138,7 +139,10 @@ void transpose_out(const A* src, int64_t Bp, int64_t batch, int64_t R, T* dst, i
 template <class A>
 constexpr int64_t kStrip = 8 * Vec<A>::kLanes;
 // Columns of W per block: a block's strip of the dense panel (kBlockCols × kStrip) stays in L2.
-constexpr int64_t kBlockCols = 1024;
+inline int64_t tune_env(const char* n, int64_t d) { const char* e = std::getenv(n); return e ? std::atoll(e) : d; }
+inline int64_t tune_ahead() { static int64_t v = tune_env("SL_AHEAD", 0); return v; }
+inline int64_t tune_block() { static int64_t v = tune_env("SL_BLOCK", 1 << 30); return v; }
+#define kBlockCols tune_block()
 
 // The stored weights of row r whose index lies in column block b are [lo(b)[r], hi(b)[r]).
 struct Blocks {
@@ -171,8 +175,8 @@ inline void spmm_strip(int64_t j0, int64_t j1, const int32_t* idx, const T* valu
   vec_t<A> acc[V];
   for (int v = 0; v < V; ++v) acc[v] = first ? vec_t<A>{} + init : load(o + v * L);
   for (int64_t j = j0; j < j1; ++j) {
-    if (j + kAhead < j1) {  // the rows of dense come in random order: fetch ahead
-      const char* next = reinterpret_cast<const char*>(dense + idx[j + kAhead] * Bp);
+    if (tune_ahead() && j + tune_ahead() < j1) {  // TUNE
+      const char* next = reinterpret_cast<const char*>(dense + idx[j + tune_ahead()] * Bp);
       for (int line = 0; line < V * L * int(sizeof(A)); line += 64) __builtin_prefetch(next + line);
     }
     const A w = static_cast<A>(values[j]);
