@@ -21,21 +21,20 @@ Markdown table and one PASS/FAIL line per target.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Timer, interleaved, machine, paired_ratio  # noqa: E402
+
 import sparse_lottery as sl  # noqa: E402
-from sparse_lottery import _registry  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SPARSITIES = (0.0, 0.5, 0.9, 0.95, 0.99)
@@ -58,35 +57,6 @@ def shapes(device: str, quick: bool):
         ("LeNet 128x300->100", 128, 300, 100, False),
         big,
     ]
-
-
-def machine(device: str) -> dict:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "masked_linear_backend": _registry.selected_backend("masked_linear", device),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def make_steps(batch, k, n, sparsity, dtype, device, gen):
@@ -131,54 +101,6 @@ def make_steps(batch, k, n, sparsity, dtype, device, gen):
         tol = 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
         assert err <= tol, f"fused output differs from F.linear(x, w*m): rel err {err:.3g}"
     return steps
-
-
-class Timer:
-    def __init__(self, device):
-        self.cuda = device == "cuda"
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def __call__(self, fn, inner: int) -> float:
-        """Seconds per call of fn, over `inner` back-to-back calls."""
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1e3 / inner
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        return (time.perf_counter() - t0) / inner
-
-
-def bench_config(steps, timer, rounds, min_round_s):
-    """Interleaved timing: every round times each method once, rotating the order, so that the
-    drifts and stalls of a shared machine hit all methods alike. Returns per-method lists of
-    seconds per call, one per round."""
-    names = list(steps)
-    for name in names:  # warm-up (allocator, BLAS buffers, lazy init)
-        for _ in range(3):
-            steps[name]()
-    timer.sync()
-    t1 = {name: min(timer(steps[name], 1) for _ in range(3)) for name in names}
-    inner = {name: max(1, int(min_round_s / max(t1[name], 1e-7))) for name in names}
-    samples = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            samples[name].append(timer(steps[name], inner[name]))
-    return samples
-
-
-def paired_ratio(samples, num, den):
-    """Median over rounds of num/den, both timed in the same round (robust to drifts)."""
-    return statistics.median(a / b for a, b in zip(samples[num], samples[den]))
 
 
 def markdown(rows, info, targets) -> str:
@@ -226,7 +148,7 @@ def main(argv=None) -> int:
     rounds = args.rounds or (3 if args.quick else 21)
     min_round_s = 0.002 if args.quick else 0.1
     out = args.out or os.path.join(RESULTS, f"masked_linear_{device}")
-    info = machine(device)
+    info = machine(device, ("masked_linear", "masked_linear_backward"))
     gen = torch.Generator().manual_seed(args.seed)
     timer = Timer(device)
     sparsities = (0.0, 0.9) if args.quick else SPARSITIES
@@ -237,7 +159,7 @@ def main(argv=None) -> int:
             continue
         for s in sparsities:
             steps = make_steps(batch, k, n, s, dtype, device, gen)
-            samples = bench_config(steps, timer, rounds, min_round_s)
+            samples = interleaved(steps, timer, rounds, min_round_s)
             ms = {m: statistics.median(samples[m]) * 1e3 for m in METHODS}
             row = {
                 "layer": layer,

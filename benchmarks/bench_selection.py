@@ -29,11 +29,9 @@ Markdown table and one PASS/FAIL line per target.
 import argparse
 import contextlib
 import ctypes
-import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,8 +41,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine  # noqa: E402
+
 import sparse_lottery as sl  # noqa: E402
-from sparse_lottery import _registry  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DENSITY, AMOUNT = 0.8, 0.2
@@ -258,7 +258,7 @@ def markdown(rows, info) -> str:
         "",
         f"{info['date']} · torch {info['torch']} · {info['cpu']} · {info['threads']} threads"
         + (f" · {info['gpu']}" if "gpu" in info else "")
-        + f" · backend {info['backend']}",
+        + f" · backend {info['backends']['magnitude_prune']}",
         "",
         f"8 tensors, bool masks at density {DENSITY}, remove {AMOUNT:.0%} of the survivors. "
         "Median seconds; GB/s = (weights + masks read + new masks written) / time; copy = "
@@ -320,27 +320,6 @@ def verdicts(rows, device: str) -> list[str]:
     return out
 
 
-def machine(device: str) -> dict:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "backend": _registry.selected_backend("magnitude_prune", device),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in f if "model name" in ln)
-    except (OSError, StopIteration):
-        pass
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -353,7 +332,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU visible")
     dtype = getattr(torch, args.dtype)
-    info = machine(args.device)
+    info = machine(args.device, ("magnitude_prune",))
     rows = []
     for n in [int(s) for s in args.sizes] if args.sizes else sizes(args.device, args.quick):
         print(f"== n = {n:.0e}", flush=True)

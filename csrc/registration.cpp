@@ -113,7 +113,12 @@ TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("masked_sgd_", &masked_sgd__##device);                               \
   m.impl("masked_adamw_", &masked_adamw__##device)
 
-TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) { SL_REGISTER(cpu); }
+// Sparse execution: C++ on the CPU; on CUDA the Triton or reference kernels (_registry.py).
+TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) {
+  SL_REGISTER(cpu);
+  m.impl("sparse_linear", &sparse_linear_cpu);
+  m.impl("sparse_linear_backward", &sparse_linear_backward_cpu);
+}
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(sparse_lottery, CUDA, m) { SL_REGISTER(cuda); }

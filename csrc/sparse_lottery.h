@@ -50,6 +50,19 @@ MagnitudePruneResult magnitude_prune_cpu(at::TensorList weights,
                                          bool layerwise);
 RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> amounts,
                                    bool counts, bool layerwise, int64_t seed);
+// Sparse execution (layout and checks in sparse_checks.h): y = input @ Wᵀ + bias with W given by
+// its stored values and CSR/CSC index; the backward gives (d_input, d_values, d_bias), each only
+// where output_mask asks for it; input is needed for d_values.
+at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                             const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                             const at::Tensor& csr_positions,
+                             const std::optional<at::Tensor>& bias);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+    const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+    const at::Tensor& col_offsets, const at::Tensor& row_indices,
+    const at::Tensor& csr_positions, std::array<bool, 3> output_mask);
 
 #ifdef WITH_CUDA
 at::Tensor masked_linear_cuda(const at::Tensor& input, const at::Tensor& weight,

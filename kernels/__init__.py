@@ -20,6 +20,7 @@ import torch
 
 from sparse_lottery import reference
 from sparse_lottery._mask_format import CHECKS
+from sparse_lottery._sparse_checks import SPARSE_CHECKS
 
 from .mask_ops import apply_mask_forward, pack_mask_forward, unpack_mask_forward
 from .masked_matmul import (
@@ -28,6 +29,7 @@ from .masked_matmul import (
     masked_linear_forward,
 )
 from .selection import magnitude_prune_forward, random_prune_forward
+from .sparse_matmul import sparse_linear_forward, sparse_linear_grads
 
 __all__ = [
     "masked_linear",
@@ -39,6 +41,8 @@ __all__ = [
     "unpack_mask",
     "magnitude_prune",
     "random_prune",
+    "sparse_linear",
+    "sparse_linear_backward",
 ]
 
 
@@ -133,3 +137,30 @@ def random_prune(
     """Remove exactly k survivors per group by the hashed keys of (seed, tensor, position)."""
     CHECKS["random_prune"](masks, amounts, counts, layerwise, seed)
     return random_prune_forward(list(masks), amounts, counts, layerwise, seed)
+
+
+def sparse_linear(
+    input, values, row_offsets, col_indices, col_offsets, row_indices, csr_positions, bias=None
+) -> torch.Tensor:
+    """y = input @ Wᵀ + bias, W the stored `values` placed by the CSR index."""
+    SPARSE_CHECKS["sparse_linear"](
+        input, values, row_offsets, col_indices, col_offsets, row_indices, csr_positions, bias
+    )
+    if values.dtype == torch.float64:
+        return reference.sparse_linear(
+            input, values, row_offsets, col_indices, col_offsets, row_indices, csr_positions, bias
+        )
+    return sparse_linear_forward(input, values, row_offsets, col_indices, bias)
+
+
+def sparse_linear_backward(
+    grad_output, input, values, row_offsets, col_indices, col_offsets, row_indices,
+    csr_positions, output_mask,
+):  # fmt: skip
+    """(grad_input, grad_values, grad_bias), each None unless output_mask asks for it."""
+    args = (grad_output, input, values, row_offsets, col_indices, col_offsets, row_indices,
+            csr_positions, output_mask)  # fmt: skip
+    SPARSE_CHECKS["sparse_linear_backward"](*args)
+    if values.dtype == torch.float64:
+        return reference.sparse_linear_backward(*args)
+    return sparse_linear_grads(*args)

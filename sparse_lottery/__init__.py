@@ -9,8 +9,9 @@ Example:
     1.0
 """
 
-from . import nn, ops, optim
+from . import nn, ops, optim, sparse
 from .backends import backends, format_backends, set_backend
+from .execution import set_execution
 from .model import (
     density,
     export_dense,
@@ -29,6 +30,7 @@ __all__ = [
     "nn",
     "ops",
     "optim",
+    "sparse",
     "backends",
     "format_backends",
     "set_backend",
@@ -44,5 +46,6 @@ __all__ = [
     "from_torch_prune",
     "to_torch_prune",
     "prune",
+    "set_execution",
     "PruneReport",
 ]

@@ -56,6 +56,20 @@ SCHEMAS = {
         "Tensor?[] masks, float lr, float beta1, float beta2, float eps, float weight_decay, "
         "int step, bool maximize) -> ()"
     ),
+    # Sparse execution: W (N×K) as its stored `values` (CSR order) with the CSR index
+    # (row_offsets int64 [N+1], col_indices int32) and a CSC index (col_offsets int64 [K+1],
+    # row_indices int32, csr_positions int32: CSC entry j is values[csr_positions[j]]); built by
+    # sparse_lottery.sparse.SparseLayout. The backward returns (d_input, d_values, d_bias).
+    "sparse_linear": (
+        "(Tensor input, Tensor values, Tensor row_offsets, Tensor col_indices, "
+        "Tensor col_offsets, Tensor row_indices, Tensor csr_positions, Tensor? bias=None) "
+        "-> Tensor"
+    ),
+    "sparse_linear_backward": (
+        "(Tensor grad_output, Tensor? input, Tensor values, Tensor row_offsets, "
+        "Tensor col_indices, Tensor col_offsets, Tensor row_indices, Tensor csr_positions, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
+    ),
 }
 
 for _name, _schema in SCHEMAS.items():

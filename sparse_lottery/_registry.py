@@ -18,6 +18,7 @@ from . import reference
 from ._extension import _C, has_cuda_kernels
 from ._library import SCHEMAS
 from ._mask_format import CHECKS
+from ._sparse_checks import SPARSE_CHECKS
 
 KERNEL_OPS = [name for name in SCHEMAS if not name.startswith("masked_conv")]
 BACKENDS = ("cpp", "triton", "reference")
@@ -63,7 +64,7 @@ def python_kernel(backend: str, op: str):
     "reference" one (checked here first, like every other backend)."""
     if backend == "triton":
         return getattr(_triton_module(), op)
-    fn, check = getattr(reference, op), CHECKS[op]
+    fn, check = getattr(reference, op), {**CHECKS, **SPARSE_CHECKS}[op]
 
     @functools.wraps(fn)
     def run(*args):

@@ -23,6 +23,7 @@ from torch.nn.utils import prune
 
 from ._mask_format import count_kept
 from .nn.masked import MASK_BUFFER, MASKED_TYPES, _MaskedMixin, _shallow_clone
+from .nn.sparse import _SparseWeight
 
 Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 """Module selector: a glob (`fnmatch`) on the module's name as `named_modules` gives it
@@ -40,7 +41,14 @@ def _matches(selector: Selector, name: str, module: nn.Module, default: bool) ->
 
 
 def _masked_layers(model: nn.Module) -> Iterator[tuple[str, _MaskedMixin]]:
+    """The masked layers; a layer in sparse execution (`SparseLinear`, `SparseConv2d`) raises:
+    its weights are not a dense parameter until `set_execution(model, "dense")`."""
     for name, module in model.named_modules():
+        if isinstance(module, _SparseWeight):
+            raise TypeError(
+                f"model: layer {name!r} is a {type(module).__name__} (sparse execution); "
+                f'convert back with sparse_lottery.set_execution(model, "dense") first'
+            )
         if isinstance(module, _MaskedMixin):
             yield name, module
 
@@ -122,8 +130,12 @@ def export_dense(model: nn.Module) -> nn.Module:
     """
     model = copy.deepcopy(model)
     return _replace_modules(
-        model, lambda _, m: m.to_dense() if isinstance(m, _MaskedMixin) else None
+        model, lambda _, m: _dense_copy(m) if isinstance(m, _MaskedMixin | _SparseWeight) else None
     )
+
+
+def _dense_copy(layer: nn.Module) -> nn.Module:
+    return (layer.to_masked() if isinstance(layer, _SparseWeight) else layer).to_dense()
 
 
 # --------------------------------------------------------------------------- masks

@@ -254,6 +254,7 @@ def _opcheck_cases(device):
     x1 = torch.randn(2, 4, 9, device=device, requires_grad=True)
     w1 = torch.randn(3, 4, 3, device=device, requires_grad=True)
     m1 = torch.rand(3, 4, 3, device=device) < 0.5
+    layout = sl.sparse.SparseLayout.from_mask(keep)
     return [
         (OPS.masked_linear.default, (x, w, packed, b)),
         (OPS.masked_linear.default, (x, w, keep, None)),
@@ -303,6 +304,16 @@ def _opcheck_cases(device):
                 *(0.01, 0.9, 0.999, 1e-8, 0.01, 2, False),
             ),
         ),
+        (OPS.sparse_linear.default, (x, layout.values_of(w).requires_grad_(), *layout, b)),
+        (OPS.sparse_linear.default, (x, layout.values_of(w), *layout, None)),
+        (
+            OPS.sparse_linear_backward.default,
+            (g, x.detach(), layout.values_of(w), *layout, [True, True, True]),
+        ),
+        (
+            OPS.sparse_linear_backward.default,
+            (g, None, layout.values_of(w), *layout, [True, False, False]),
+        ),
     ]
 
 
@@ -336,6 +347,7 @@ def test_gradcheck_float64():
 def _compile_case(name, d):
     """(function, args) exercising one op under torch.compile."""
     rand, keep = lambda *s: torch.randn(*s, device=d), lambda *s: torch.rand(*s, device=d) < 0.5
+    layout = sl.sparse.SparseLayout.from_mask(keep(5, 9))
     return {
         "masked_linear": (sl.ops.masked_linear, (rand(6, 10), rand(4, 10), keep(4, 10))),
         "masked_linear_grad_input": (
@@ -366,6 +378,14 @@ def _compile_case(name, d):
             lambda m: OPS.random_prune([m], [0.5], False, False, 7)[0][0],
             (reference.pack_mask(keep(5, 9)),),
         ),
+        "sparse_linear": (
+            lambda x, v: sl.sparse.sparse_linear(x, v, layout),
+            (rand(6, 9), rand(layout.nnz)),
+        ),
+        "sparse_linear_backward": (
+            lambda g, x, v: OPS.sparse_linear_backward(g, x, v, *layout, [True, True, True]),
+            (rand(6, 5), rand(6, 9), rand(layout.nnz)),
+        ),
     }[name]
 
 
@@ -381,6 +401,8 @@ COMPILE_CASES = [
     "unpack_mask",
     "magnitude_prune",
     "random_prune",
+    "sparse_linear",
+    "sparse_linear_backward",
 ]
 
 

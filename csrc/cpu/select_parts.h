@@ -13,6 +13,7 @@
 #include <atomic>
 #include <vector>
 
+#include "dynamic_for.h"
 #include "select_blocks.h"
 
 namespace sparse_lottery::cpu::select {
@@ -21,18 +22,7 @@ constexpr int64_t kMaxPart = int64_t{1} << 30;  // elements per part: uint32 cou
 constexpr int64_t kPartMin = int64_t{1} << 20;  // elements per part when threads share a group
 constexpr int kPartsPerThread = 8;
 
-// f(i) for i in [0, n), each taken by the next free thread of `threads`.
-template <class F>
-void dynamic_for(int threads, int64_t n, F&& f) {
-  if (threads <= 1 || n <= 1) {
-    for (int64_t i = 0; i < n; ++i) f(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(threads, n), 1, [&](int64_t, int64_t) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) f(i);
-  });
-}
+using cpu::dynamic_for;
 
 class Parts {
  public:

@@ -1,4 +1,5 @@
-"""Masked drop-in layers: `MaskedLinear`, `MaskedConv1d`, `MaskedConv2d`.
+"""Masked drop-in layers: `MaskedLinear`, `MaskedConv1d`, `MaskedConv2d`; and `SparseLinear`,
+`SparseConv2d`, their sparse-execution forms.
 
 Example:
     >>> import torch, sparse_lottery as sl
@@ -15,11 +16,15 @@ from .masked import (
     MaskedLinear,
     mask_of,
 )
+from .sparse import SPARSE_TYPES, SparseConv2d, SparseLinear
 
 __all__ = [
     "MaskedLinear",
     "MaskedConv1d",
     "MaskedConv2d",
+    "SparseLinear",
+    "SparseConv2d",
+    "SPARSE_TYPES",
     "MASKED_TYPES",
     "MASK_BUFFER",
     "mask_of",

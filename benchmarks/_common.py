@@ -1,0 +1,94 @@
+"""What the benchmarks share: the machine description and interleaved timing.
+
+Methods are timed interleaved, round by round, rotating their order, so that the drifts and
+stalls of a shared machine hit all of them alike; ratios are medians over rounds of the
+per-round ratio.
+"""
+
+import datetime
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from sparse_lottery import _registry
+
+
+def machine(device: str, ops: tuple[str, ...]) -> dict:
+    """Date, versions, CPU/GPU and the backend serving each op in `ops` on `device`."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "backends": {op: _registry.selected_backend(op, device) for op in ops},
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Timer:
+    """Seconds per call of fn over `inner` back-to-back calls (CUDA events on a GPU)."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def __call__(self, fn, inner: int) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3 / inner
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+
+
+def interleaved(steps: dict, timer: Timer, rounds: int, min_round_s: float) -> dict:
+    """Per-method lists of seconds per call, one per round; every round times each method once,
+    in rotated order, after a warm-up (allocator, BLAS buffers, lazy init)."""
+    names = list(steps)
+    for name in names:
+        for _ in range(3):
+            steps[name]()
+    timer.sync()
+    t1 = {name: min(timer(steps[name], 1) for _ in range(3)) for name in names}
+    inner = {name: max(1, int(min_round_s / max(t1[name], 1e-7))) for name in names}
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            samples[name].append(timer(steps[name], inner[name]))
+    return samples
+
+
+def paired_ratio(samples: dict, num: str, den: str) -> float:
+    """Median over rounds of num/den, both timed in the same round (robust to drifts)."""
+    return statistics.median(a / b for a, b in zip(samples[num], samples[den]))

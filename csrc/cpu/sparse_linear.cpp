@@ -1,0 +1,227 @@
+// sparse_linear and its backward on the CPU: y = x Wᵀ + b with W stored as CSR values and a CSC
+// index (sparse_checks.h); the products and the reasons for the layout are in sparse_kernels.h.
+// Each call transposes its dense operands into batch-contiguous panels, runs the products over
+// rows of W taken by free threads (dynamic_for.h), and transposes the result back.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <initializer_list>
+#include <type_traits>
+#include <vector>
+
+#include "../sparse_checks.h"
+#include "../sparse_lottery.h"
+#include "dynamic_for.h"
+#include "panels.h"
+#include "sparse_kernels.h"
+
+namespace sparse_lottery {
+namespace {
+
+namespace sp = cpu::sparse;
+
+constexpr int64_t kRowsPerItem = 16;  // rows of W (or Wᵀ) per work item
+
+int64_t items(int64_t rows) { return (rows + kRowsPerItem - 1) / kRowsPerItem; }
+
+// f(T, A) with T the tensors' element type and A the accumulation type.
+template <class F>
+void dispatch_float(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: return f(float{}, float{});
+    case at::kDouble: return f(double{}, double{});
+    case at::kBFloat16: return f(c10::BFloat16{}, float{});
+    case at::kHalf: return f(c10::Half{}, float{});
+    default: TORCH_CHECK_TYPE(false, "values: expected a floating dtype, got ", dtype_name(t));
+  }
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The panels of one call, carved from this thread's reused scratch buffer (no allocation and no
+// page faults on repeated calls): `count` panels of rows[i] × Bp in the acc type.
+template <class A>
+std::vector<A*> panels(std::initializer_list<int64_t> rows, int64_t Bp, const at::Tensor& like,
+                       at::Tensor& keep) {
+  int64_t total = 0;
+  for (const int64_t r : rows) total += r * Bp;
+  keep = cpu::scratch(1, std::max<int64_t>(total, 1), like.options().dtype(acc_type(like.scalar_type())));
+  std::vector<A*> out;
+  A* p = keep.mutable_data_ptr<A>();
+  for (const int64_t r : rows) {
+    out.push_back(p);
+    p += r * Bp;
+  }
+  return out;
+}
+
+// dst (cols × Bp) <- mᵀ, the batch-contiguous panel of the (rows × cols) matrix m.
+template <class T, class A>
+void panel_of(const at::Tensor& m, A* dst, int64_t Bp) {
+  const int64_t rows = m.size(0), cols = m.size(1);
+  const T* src = m.const_data_ptr<T>();
+  const int64_t tiles = (cols + sp::kTile - 1) / sp::kTile;
+  cpu::dynamic_for(at::get_num_threads(), tiles, [&](int64_t t) {
+    const int64_t c0 = t * sp::kTile;
+    sp::transpose_in<T, A>(src, rows, m.stride(0), m.stride(1), dst, Bp, c0,
+                           std::min(cols, c0 + sp::kTile));
+  });
+}
+
+// The (batch × R) matrix whose transpose is the panel p (R × Bp), in dtype T.
+template <class A, class T>
+at::Tensor unpanel(const A* p, int64_t R, int64_t Bp, int64_t batch,
+                   const at::TensorOptions& options) {
+  at::Tensor out = at::empty({batch, R}, options);
+  T* dst = out.mutable_data_ptr<T>();
+  const int64_t tiles = (R + sp::kTile - 1) / sp::kTile;
+  cpu::dynamic_for(at::get_num_threads(), tiles, [&](int64_t t) {
+    const int64_t r0 = t * sp::kTile;
+    sp::transpose_out<A, T>(p, Bp, batch, R, dst, r0, std::min(R, r0 + sp::kTile));
+  });
+  return out;
+}
+
+// The column blocks of W's rows (offsets, idx) for `cols` columns.
+sp::Blocks blocks_of(const at::Tensor& offsets, const at::Tensor& idx, int64_t cols) {
+  sp::Blocks blocks;
+  blocks.rows = offsets.numel() - 1;
+  blocks.count = std::max<int64_t>(1, (cols + sp::kBlockCols - 1) / sp::kBlockCols);
+  blocks.split.resize((blocks.count + 1) * blocks.rows);
+  const int64_t* off = offsets.const_data_ptr<int64_t>();
+  const int32_t* id = idx.const_data_ptr<int32_t>();
+  cpu::dynamic_for(at::get_num_threads(), items(blocks.rows), [&](int64_t i) {
+    const int64_t r0 = i * kRowsPerItem;
+    sp::fill_blocks(blocks, off, id, r0, std::min(blocks.rows, r0 + kRowsPerItem));
+  });
+  return blocks;
+}
+
+// f(c0, c1) for the strips of a panel of width Bp.
+template <class A, class F>
+void for_strips(int64_t Bp, F&& f) {
+  for (int64_t c0 = 0; c0 < Bp; c0 += sp::kStrip<A>) f(c0, std::min(Bp, c0 + sp::kStrip<A>));
+}
+
+// out (rows × Bp) = bias + the sparse rows (offsets, idx, values) times the panel `dense`
+// (cols × Bp): one phase per column block, rows and strips shared by the threads within it.
+template <class T, class A>
+void spmm(const at::Tensor& offsets, const at::Tensor& idx, const at::Tensor& values,
+          const T* bias, const A* dense, int64_t cols, int64_t Bp, A* out) {
+  const sp::Blocks blocks = blocks_of(offsets, idx, cols);
+  const int64_t rows = blocks.rows, row_items = items(rows);
+  const int64_t strips = (Bp + sp::kStrip<A> - 1) / sp::kStrip<A>;
+  const int32_t* id = idx.const_data_ptr<int32_t>();
+  const T* v = values.const_data_ptr<T>();
+  for (int64_t b = 0; b < blocks.count; ++b) {
+    cpu::dynamic_for(at::get_num_threads(), row_items * strips, [&](int64_t i) {
+      const int64_t r0 = i % row_items * kRowsPerItem, c0 = i / row_items * sp::kStrip<A>;
+      sp::spmm_rows<A, T>(blocks, b, id, v, bias, dense, Bp, out, r0,
+                          std::min(rows, r0 + kRowsPerItem), c0,
+                          std::min(Bp, c0 + sp::kStrip<A>));
+    });
+  }
+}
+
+// grad_values = <dyᵀ[n], xᵀ[col]> at the stored weights (offsets, cols) of W (N × K): one phase
+// per (strip, column block), partial sums in acc (nnz, the acc type).
+template <class A>
+void sddmm(const at::Tensor& offsets, const at::Tensor& cols, const A* dyT, const A* xT,
+           int64_t K, int64_t Bp, A* acc) {
+  const sp::Blocks blocks = blocks_of(offsets, cols, K);
+  const int64_t N = blocks.rows;
+  const int32_t* c = cols.const_data_ptr<int32_t>();
+  // The first strip assigns (each stored weight lies in one column block), the others add.
+  for_strips<A>(Bp, [&](int64_t c0, int64_t c1) {
+    for (int64_t b = 0; b < blocks.count; ++b) {
+      cpu::dynamic_for(at::get_num_threads(), items(N), [&](int64_t i) {
+        const int64_t n0 = i * kRowsPerItem;
+        sp::sddmm_rows<A>(blocks, b, c, dyT, xT, Bp, acc, n0, std::min(N, n0 + kRowsPerItem),
+                          c0, c1, c0 == 0);
+      });
+    }
+  });
+  if (Bp == 0) std::fill(acc, acc + cols.numel(), A(0));  // an empty batch
+}
+
+std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
+  std::vector<int64_t> out = sizes.vec();
+  out.back() = last;
+  return out;
+}
+
+}  // namespace
+
+at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                             const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                             const at::Tensor& csr_positions,
+                             const std::optional<at::Tensor>& bias) {
+  const int64_t N = check_sparse_linear(input, values, row_offsets, col_indices, col_offsets,
+                                        row_indices, csr_positions, bias);
+  cpu::check_cpu(values, "values");
+  const int64_t K = input.size(-1);
+  const at::Tensor x = cpu::rows_of(input, K);
+  const int64_t batch = x.size(0);
+  at::Tensor y;
+  dispatch_float(values.scalar_type(), [&](auto t_tag, auto a_tag) {
+    using T = decltype(t_tag);
+    using A = decltype(a_tag);
+    const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+    const T* bias_ptr = b.defined() ? b.const_data_ptr<T>() : nullptr;
+    const int64_t Bp = sp::panel_width<A>(batch);
+    at::Tensor keep;
+    const auto p = panels<A>({K, N}, Bp, values, keep);  // xᵀ, yᵀ
+    panel_of<T, A>(x, p[0], Bp);
+    spmm<T, A>(row_offsets, col_indices, values, bias_ptr, p[0], K, Bp, p[1]);
+    y = unpanel<A, T>(p[1], N, Bp, batch, values.options());
+  });
+  return y.view(with_last(input.sizes(), N));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& input,
+    const at::Tensor& values, const at::Tensor& row_offsets, const at::Tensor& col_indices,
+    const at::Tensor& col_offsets, const at::Tensor& row_indices,
+    const at::Tensor& csr_positions, std::array<bool, 3> output_mask) {
+  const auto [N, K] = check_sparse_backward(grad_output, input, values, row_offsets, col_indices,
+                                            col_offsets, row_indices, csr_positions,
+                                            output_mask);
+  cpu::check_cpu(values, "values");
+  const at::Tensor dy = cpu::rows_of(grad_output, N);
+  const int64_t batch = dy.size(0);
+  at::Tensor grad_input, grad_values, grad_bias;
+  dispatch_float(values.scalar_type(), [&](auto t_tag, auto a_tag) {
+    using T = decltype(t_tag);
+    using A = decltype(a_tag);
+    const int64_t Bp = sp::panel_width<A>(batch);
+    at::Tensor keep;
+    const auto p = panels<A>({N, output_mask[0] ? K : 0, output_mask[1] ? K : 0}, Bp, values,
+                             keep);  // dyᵀ, dxᵀ, xᵀ
+    panel_of<T, A>(dy, p[0], Bp);
+    if (output_mask[0]) {
+      // The values in CSC order first: one gather, then every strip reads them in sequence.
+      const at::Tensor csc_values = values.index_select(0, csr_positions);
+      spmm<T, A>(col_offsets, row_indices, csc_values, nullptr, p[0], N, Bp, p[1]);
+      grad_input = unpanel<A, T>(p[1], K, Bp, batch, values.options())
+                       .view(with_last(grad_output.sizes(), K));
+    }
+    if (output_mask[1]) {
+      panel_of<T, A>(cpu::rows_of(*input, K), p[2], Bp);
+      // Partial sums in the acc type: in grad_values itself when that is the acc type.
+      grad_values = at::empty_like(values);
+      if constexpr (std::is_same_v<T, A>) {
+        sddmm<A>(row_offsets, col_indices, p[0], p[2], K, Bp, grad_values.mutable_data_ptr<A>());
+      } else {
+        at::Tensor acc = at::empty({values.numel()}, values.options().dtype(acc_type(
+                                                         values.scalar_type())));
+        sddmm<A>(row_offsets, col_indices, p[0], p[2], K, Bp, acc.mutable_data_ptr<A>());
+        grad_values.copy_(acc);
+      }
+    }
+  });
+  if (output_mask[2]) grad_bias = dy.sum(0);
+  return {grad_input, grad_values, grad_bias};
+}
+
+}  // namespace sparse_lottery

@@ -1,0 +1,141 @@
+"""Argument checks of the sparse-execution ops, shared by the fake, reference and Triton kernels;
+mirror of csrc/sparse_checks.h (same messages and exception types). The layout's indices are
+validated where it is built (`sparse_lottery.sparse.SparseLayout.from_mask`); these are O(1).
+"""
+
+import torch
+
+
+def _check_index(t, name, dtype, numel, what, values):
+    torch._check_type(t.dtype == dtype, lambda: f"{name}: expected dtype {dtype}, got {t.dtype}")
+    torch._check_value(
+        t.dim() == 1 and t.numel() == numel,
+        lambda: (
+            f"{name}: expected a 1-D tensor of {numel} entries ({what}), got shape {list(t.shape)}"
+        ),
+    )
+    torch._check_value(t.is_contiguous(), lambda: f"{name}: expected a contiguous tensor")
+    torch._check(
+        t.device == values.device,
+        lambda: f"{name}: expected device {values.device} (the device of values), got {t.device}",
+    )
+
+
+def check_sparse_layout(
+    values, row_offsets, col_indices, col_offsets, row_indices, csr_positions
+) -> tuple[int, int]:
+    """Mirror of csrc/sparse_checks.h; returns (out_features, in_features)."""
+    torch._check_type(
+        values.dtype.is_floating_point,
+        lambda: f"values: expected a floating dtype, got {values.dtype}",
+    )
+    torch._check_value(
+        values.dim() == 1 and values.is_contiguous(),
+        lambda: (
+            "values: expected a contiguous 1-D tensor (the stored weights), got shape "
+            f"{list(values.shape)}"
+        ),
+    )
+    torch._check_value(
+        row_offsets.dim() == 1 and row_offsets.numel() >= 1,
+        lambda: (
+            "row_offsets: expected a 1-D tensor of out_features + 1 entries, got shape "
+            f"{list(row_offsets.shape)}"
+        ),
+    )
+    torch._check_value(
+        col_offsets.dim() == 1 and col_offsets.numel() >= 1,
+        lambda: (
+            "col_offsets: expected a 1-D tensor of in_features + 1 entries, got shape "
+            f"{list(col_offsets.shape)}"
+        ),
+    )
+    nnz, out_features = values.numel(), row_offsets.numel() - 1
+    in_features = col_offsets.numel() - 1
+    _check_index(
+        row_offsets, "row_offsets", torch.int64, out_features + 1, "out_features + 1", values
+    )
+    _check_index(col_indices, "col_indices", torch.int32, nnz, "one per stored weight", values)
+    _check_index(
+        col_offsets, "col_offsets", torch.int64, in_features + 1, "in_features + 1", values
+    )
+    _check_index(row_indices, "row_indices", torch.int32, nnz, "one per stored weight", values)
+    _check_index(csr_positions, "csr_positions", torch.int32, nnz, "one per stored weight", values)
+    return out_features, in_features
+
+
+def _check_operand(t, name, values, last, last_name):
+    torch._check(
+        t.device == values.device,
+        lambda: f"{name}: expected device {values.device} (the device of values), got {t.device}",
+    )
+    torch._check(
+        t.dtype == values.dtype,
+        lambda: f"{name}: expected dtype {values.dtype} (the dtype of values), got {t.dtype}",
+    )
+    torch._check_value(
+        t.dim() >= 1 and t.shape[-1] == last,
+        lambda: f"{name}: expected last dimension {last_name}={last}, got shape {list(t.shape)}",
+    )
+
+
+def check_sparse_linear(
+    input, values, row_offsets, col_indices, col_offsets, row_indices, csr_positions, bias=None
+) -> int:
+    n, k = check_sparse_layout(
+        values, row_offsets, col_indices, col_offsets, row_indices, csr_positions
+    )
+    _check_operand(input, "input", values, k, "in_features")
+    if bias is not None:
+        torch._check(
+            bias.device == values.device,
+            lambda: (
+                f"bias: expected device {values.device} (the device of values), got {bias.device}"
+            ),
+        )
+        torch._check(
+            bias.dtype == values.dtype,
+            lambda: f"bias: expected dtype {values.dtype} (the dtype of values), got {bias.dtype}",
+        )
+        torch._check_value(
+            tuple(bias.shape) == (n,),
+            lambda: f"bias: expected shape [{n}] (out_features), got {list(bias.shape)}",
+        )
+    return n
+
+
+def check_sparse_backward(
+    grad_output,
+    input,
+    values,
+    row_offsets,
+    col_indices,
+    col_offsets,
+    row_indices,
+    csr_positions,
+    output_mask,
+) -> tuple[int, int]:
+    torch._check_value(
+        not output_mask[1] or input is not None,
+        lambda: "input: required for grad_values (output_mask[1] is set), got None",
+    )
+    n, k = check_sparse_layout(
+        values, row_offsets, col_indices, col_offsets, row_indices, csr_positions
+    )
+    _check_operand(grad_output, "grad_output", values, n, "out_features")
+    if input is not None:
+        _check_operand(input, "input", values, k, "in_features")
+        torch._check_value(
+            input.shape[:-1] == grad_output.shape[:-1],
+            lambda: (
+                f"input: expected batch dimensions {list(grad_output.shape[:-1])} "
+                f"(grad_output's), got shape {list(input.shape)}"
+            ),
+        )
+    return n, k
+
+
+SPARSE_CHECKS = {
+    "sparse_linear": check_sparse_linear,
+    "sparse_linear_backward": check_sparse_backward,
+}

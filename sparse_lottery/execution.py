@@ -1,0 +1,155 @@
+"""Dense-fused or sparse execution, per layer: `set_execution(model, mode)`.
+
+"dense" runs every masked linear and 2-D convolution layer in its dense-fused form
+(`MaskedLinear`, `MaskedConv2d`: the mask fused into dense products), "sparse" in its sparse form
+(`SparseLinear`, `SparseConv2d`: stored weights only, so products, gradients and optimiser
+state cost the survivors), and "auto" picks per layer from a measured crossover: one training
+step (forward and both gradients) of each form, timed on the layer's device, dtype and input
+shape, the sparse form kept only where it is faster (so auto is never slower than dense beyond
+timing noise). Layers at density above `MAX_SPARSE_DENSITY` stay dense without a
+measurement: the sparse products then do at least half the dense work, with less regular
+memory access. Decisions are cached per (device, dtype, shape, density, batch).
+
+Conversion replaces modules, so call it where masks are fixed for a while, before building the
+optimiser (at the start of an IMP level), and convert back with "dense" before pruning.
+
+Example:
+    >>> import torch, sparse_lottery as sl
+    >>> model = sl.sparsify(torch.nn.Sequential(torch.nn.Linear(64, 64)))
+    >>> model[0].set_mask(torch.rand(64, 64) < 0.02)
+    >>> sl.set_execution(model, "sparse")
+    {'0': 'sparse'}
+    >>> type(model[0]).__name__
+    'SparseLinear'
+    >>> sl.set_execution(model, "dense")
+    {'0': 'dense'}
+"""
+
+import time
+
+import torch
+from torch import nn
+
+from .model import _replace_modules
+from .nn.masked import MaskedLinear
+from .nn.sparse import SPARSE_TYPES, _SparseWeight
+
+MODES = ("auto", "dense", "sparse")
+MAX_SPARSE_DENSITY = 0.3
+DEFAULT_BATCH = 256
+_decisions: dict[tuple, str] = {}
+
+
+def set_execution(
+    model: nn.Module,
+    mode: str = "auto",
+    batch: int = DEFAULT_BATCH,
+    example: torch.Tensor | None = None,
+) -> dict:
+    """Convert the model's masked linear and 2-D convolution layers to the execution `mode`
+    ("auto", "dense" or "sparse"), in place; returns {layer name: "dense" or "sparse"}.
+
+    Args:
+        batch: rows per step that "auto" times linear layers with (tokens or examples per
+            training step), when no `example` is given.
+        example: an input batch of the model: "auto" then times every layer on inputs of the
+            shape it receives from it (one forward pass, no gradient). Convolutions need it
+            (their input size is otherwise unknown): without it they stay dense in "auto".
+
+    Layers without a sparse form (grouped or non-zero-padded convolutions) stay dense.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected a positive int, got {batch!r}")
+    shapes = _input_shapes(model, example) if mode == "auto" and example is not None else {}
+    chosen: dict[str, str] = {}
+
+    def convert(name: str, module: nn.Module) -> nn.Module | None:
+        sparse_cls = SPARSE_TYPES.get(type(module))
+        if sparse_cls is None and not isinstance(module, _SparseWeight):
+            return None
+        masked = module.to_masked() if isinstance(module, _SparseWeight) else module
+        sparse_cls = type(module) if isinstance(module, _SparseWeight) else sparse_cls
+        want = mode
+        if sparse_cls.unsupported(masked):
+            want = "dense"
+        elif mode == "auto":
+            shape = shapes.get(name) or (
+                (batch, masked.in_features) if isinstance(masked, MaskedLinear) else None
+            )
+            want = choose(masked, shape) if shape is not None else "dense"
+        chosen[name] = want
+        if want == "sparse" and not isinstance(module, _SparseWeight):
+            return sparse_cls.from_masked(module)
+        if want == "dense" and isinstance(module, _SparseWeight):
+            return masked
+        return None
+
+    _replace_modules(model, convert)
+    return chosen
+
+
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """The input shape of every masked or sparse layer in one forward pass of `example`."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+
+    def record(name):
+        def hook(_, args):
+            shapes.setdefault(name, tuple(args[0].shape))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if type(module) in SPARSE_TYPES or isinstance(module, _SparseWeight):
+            hooks.append(module.register_forward_pre_hook(record(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
+
+
+def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
+    """ "dense" or "sparse": the faster training step of the masked `layer` for inputs of
+    `input_shape` (see the module doc)."""
+    if layer.density > MAX_SPARSE_DENSITY:
+        return "dense"
+    weight = layer.weight
+    key = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
+           round(layer.density, 3), tuple(input_shape))  # fmt: skip
+    if key not in _decisions:
+        sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
+        x = torch.randn(input_shape, device=weight.device, dtype=weight.dtype)
+        t_dense, t_sparse = _step_time(layer, x), _step_time(sparse, x)
+        _decisions[key] = "sparse" if t_sparse < t_dense else "dense"
+    return _decisions[key]
+
+
+def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
+    """Best of `reps` timings of forward + backward (input and parameter gradients)."""
+    x = x.detach().requires_grad_()
+    params = [p for p in layer.parameters() if p.requires_grad]
+    out = layer(x)
+    grad = torch.randn_like(out)
+
+    def step():
+        torch.autograd.grad(layer(x), [x, *params], grad)
+
+    step()  # warm-up
+    best = float("inf")
+    for _ in range(reps):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+__all__ = ["set_execution", "choose", "MODES"]

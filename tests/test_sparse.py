@@ -1,0 +1,376 @@
+"""Sparse execution: the sparse_linear kernels against the pure-PyTorch reference and the
+dense-fused path, the layout, `SparseLinear`, `set_execution`, and the errors of bad input."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from conftest import ATOL, DEVICES, assert_close_to_reference
+
+import sparse_lottery as sl
+from sparse_lottery import reference
+from sparse_lottery.sparse import SparseLayout
+
+OPS = torch.ops.sparse_lottery
+ALL_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# (batch shape, in_features K, out_features N, density): odd sizes, empty batches and layers,
+# fully pruned and dense layers, and K, N past one column block of the CPU kernels (1024).
+CASES = [
+    ((9,), 41, 33, 0.3),
+    ((1,), 1, 1, 1.0),
+    ((2, 3), 17, 5, 0.5),
+    ((0,), 8, 6, 0.5),
+    ((4,), 8, 6, 0.0),
+    ((70,), 65, 33, 1.0),
+    ((37,), 2500, 40, 0.02),
+    ((13,), 30, 2100, 0.05),
+    ((3, 7), 1100, 1030, 0.01),
+]
+
+
+def _problem(batch, k, n, density, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mask = torch.rand(n, k, generator=g) < density
+    w = torch.randn(n, k, generator=g)
+    x = torch.randn(*batch, k, generator=g)
+    bias = torch.randn(n, generator=g)
+    grad = torch.randn(*batch, n, generator=g)
+    layout = SparseLayout.from_mask(mask.to(device))
+    to = dict(device=device, dtype=dtype)
+    return layout, layout.values_of(w.to(**to)), x.to(**to), bias.to(**to), grad.to(**to)
+
+
+def _refs(fn, *args):
+    """The reference in float64 and in the tensors' own precision."""
+    as64 = [
+        a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+    ]
+    return fn(*as64), fn(*args)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_and_backward_match_reference(case, dtype, device):
+    layout, values, x, bias, grad = _problem(*case, dtype, device)
+    for b in (bias, None):
+        y = OPS.sparse_linear(x, values, *layout, b)
+        y64, y_same = _refs(reference.sparse_linear, x, values, *layout, b)
+        assert_close_to_reference(y, y64, y_same, f"forward {case} {dtype}")
+    need = [True, True, True]
+    got = OPS.sparse_linear_backward(grad, x, values, *layout, need)
+    ref64 = reference.sparse_linear_backward(
+        grad.double(), x.double(), values.double(), *layout, need
+    )
+    same = reference.sparse_linear_backward(grad, x, values, *layout, need)
+    for what, a, r64, rs in zip(("d_input", "d_values", "d_bias"), got, ref64, same):
+        assert_close_to_reference(a, r64.to(a.dtype).double(), rs, f"{what} {case} {dtype}")
+    grad_input, grad_values, grad_bias = OPS.sparse_linear_backward(
+        grad, None, values, *layout, [True, False, False]
+    )
+    assert grad_values is None and grad_bias is None
+    torch.testing.assert_close(grad_input, got[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_input(device):
+    layout, values, x, bias, grad = _problem((6,), 50, 20, 0.2, torch.float32, device)
+    x_t = torch.randn(50, 6, device=device).t()  # strides (1, 6)
+    y = OPS.sparse_linear(x_t, values, *layout, bias)
+    torch.testing.assert_close(y, reference.sparse_linear(x_t, values, *layout, bias))
+    g_t = torch.randn(20, 6, device=device).t()
+    got = OPS.sparse_linear_backward(g_t, x_t, values, *layout, [True, True, True])
+    ref = reference.sparse_linear_backward(g_t, x_t, values, *layout, [True, True, True])
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_the_dense_fused_path(device):
+    """Same weights, same mask: SparseLinear and MaskedLinear agree in output and gradients."""
+    torch.manual_seed(0)
+    masked = sl.nn.MaskedLinear(300, 100, device=device)
+    masked.set_mask(torch.rand(100, 300, device=device) < 0.05)
+    sparse = sl.nn.SparseLinear.from_masked(masked)
+    x = torch.randn(16, 300, device=device, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(sparse(x), masked(x2), rtol=1e-5, atol=1e-5)
+    sparse(x).square().sum().backward()
+    masked(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse.bias.grad, masked.bias.grad)
+    mask = masked.mask
+    dense_grad = sparse.layout.dense(sparse.values.grad)
+    torch.testing.assert_close(dense_grad, masked.weight.grad * mask, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_float64():
+    layout, values, x, bias, _ = _problem((4,), 7, 5, 0.4, torch.float64, "cpu")
+    for t in (values, x, bias):
+        t.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, v, b: sl.sparse.sparse_linear(x, v, layout, b), (x, values, bias)
+    )
+
+
+def test_training_matches_masked_training():
+    """torch.optim.SGD on the stored values is SGD on the masked problem, step for step."""
+    torch.manual_seed(1)
+    masked = sl.nn.MaskedLinear(40, 30)
+    masked.set_mask(torch.rand(30, 40) < 0.2)
+    with torch.no_grad():
+        masked.weight.mul_(masked.mask)
+    sparse = sl.nn.SparseLinear.from_masked(copy.deepcopy(masked))
+    opt_m = torch.optim.SGD(masked.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    opt_s = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for _ in range(20):
+        x, target = torch.randn(8, 40), torch.randn(8, 30)
+        for layer, opt in ((masked, opt_m), (sparse, opt_s)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(layer(x), target).backward()
+            opt.step()
+    torch.testing.assert_close(sparse.weight, masked.weight * masked.mask, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- layout
+def test_layout_round_trip_and_order():
+    mask = torch.rand(37, 53) < 0.3
+    layout = SparseLayout.from_mask(mask)
+    assert torch.equal(layout.mask(), mask)
+    assert layout.shape == (37, 53) and layout.nnz == int(mask.sum())
+    w = torch.randn(37, 53)
+    values = layout.values_of(w)
+    torch.testing.assert_close(values, w[mask])  # CSR order is row-major order
+    assert torch.equal(layout.dense(values), w * mask)
+    # The CSC index walks the same entries column by column.
+    csc = values[layout.csr_positions.long()]
+    torch.testing.assert_close(csc, w.t()[mask.t()])
+    cols = torch.repeat_interleave(torch.arange(53), layout.col_offsets.diff())
+    assert torch.equal(
+        mask[layout.row_indices.long(), cols], torch.ones(layout.nnz, dtype=torch.bool)
+    )
+
+
+def test_layout_errors():
+    with pytest.raises(TypeError, match="mask: expected a 2-D bool tensor"):
+        SparseLayout.from_mask(torch.ones(3, 4))
+    with pytest.raises(TypeError, match="mask: expected a 2-D bool tensor"):
+        SparseLayout.from_mask(torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"weight: expected shape \[3, 4\]"):
+        SparseLayout.from_mask(torch.ones(3, 4, dtype=torch.bool)).values_of(torch.ones(4, 3))
+
+
+# --------------------------------------------------------------------------- bad input
+def _good():
+    layout, values, x, bias, grad = _problem((5,), 12, 7, 0.5, torch.float32, "cpu")
+    return layout, values, x, bias, grad
+
+
+@pytest.mark.parametrize("kernel", ["cpp", "fake"])
+def test_errors_name_the_argument(kernel):
+    layout, values, x, bias, grad = _good()
+
+    def call(*args):
+        if kernel == "fake":
+            with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+                args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                return OPS.sparse_linear(*args)
+        return OPS.sparse_linear(*args)
+
+    with pytest.raises(ValueError, match=r"input: expected last dimension in_features=12"):
+        call(x[:, :5], values, *layout, bias)
+    with pytest.raises(RuntimeError, match=r"input: expected dtype torch.float32"):
+        call(x.double(), values, *layout, bias)
+    with pytest.raises(TypeError, match=r"col_indices: expected dtype torch.int32"):
+        call(x, values, layout.row_offsets, layout.col_indices.long(), *layout[2:], bias)
+    with pytest.raises(ValueError, match=r"values: expected a contiguous 1-D tensor"):
+        call(x, values[None], *layout, bias)
+    with pytest.raises(ValueError, match=r"col_indices: expected a 1-D tensor of"):
+        call(x, values[:-1].contiguous(), *layout, bias)
+    with pytest.raises(ValueError, match=r"bias: expected shape \[7\]"):
+        call(x, values, *layout, bias[:3])
+    with pytest.raises(TypeError, match=r"values: expected a floating dtype"):
+        call(x.int(), values.int(), *layout, None)
+
+
+def test_backward_errors():
+    layout, values, x, bias, grad = _good()
+    with pytest.raises(ValueError, match=r"input: required for grad_values"):
+        OPS.sparse_linear_backward(grad, None, values, *layout, [False, True, False])
+    with pytest.raises(ValueError, match=r"grad_output: expected last dimension out_features=7"):
+        OPS.sparse_linear_backward(grad[:, :3], x, values, *layout, [True, True, True])
+    with pytest.raises(ValueError, match=r"input: expected batch dimensions \[5\]"):
+        OPS.sparse_linear_backward(grad, x[:2], values, *layout, [True, True, True])
+
+
+# --------------------------------------------------------------------------- the layer
+def test_sparse_linear_layer_state_and_copies():
+    torch.manual_seed(2)
+    layer = sl.nn.SparseLinear(20, 30)
+    assert layer.density == 1.0
+    layer.set_mask(torch.rand(30, 20) < 0.1)
+    x = torch.randn(4, 20)
+    expected = layer(x)
+    assert torch.equal(layer.weight != 0, layer.mask) or layer.values.eq(0).any()
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        torch.testing.assert_close(clone(x), expected)
+    fresh = sl.nn.SparseLinear(20, 30)
+    fresh.set_mask(layer.mask)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(fresh(x), expected)
+    assert sorted(layer.state_dict()) == sorted(
+        [
+            "values",
+            "bias",
+            "row_offsets",
+            "col_indices",
+            "col_offsets",
+            "row_indices",
+            "csr_positions",
+        ]
+    )
+
+
+def test_set_mask_keeps_surviving_weights():
+    layer = sl.nn.SparseLinear(6, 4)
+    before = layer.weight.detach().clone()
+    mask = torch.rand(4, 6) < 0.5
+    layer.set_mask(mask)
+    assert torch.equal(layer.weight.detach(), before * mask)
+    with pytest.raises(ValueError, match=r"mask: expected shape \[4, 6\]"):
+        layer.set_mask(torch.ones(6, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="mask: expected a bool tensor"):
+        layer.set_mask(torch.ones(4, 6))
+
+
+def test_masked_sparse_round_trip():
+    masked = sl.nn.MaskedLinear(12, 9)
+    masked.set_mask(torch.rand(9, 12) < 0.3)
+    back = sl.nn.SparseLinear.from_masked(masked).to_masked()
+    assert torch.equal(back.mask, masked.mask)
+    assert torch.equal(back.weight, masked.weight * masked.mask)
+    assert back.bias is masked.bias
+    with pytest.raises(TypeError, match="layer: expected a sparse_lottery.nn.MaskedLinear"):
+        sl.nn.SparseLinear.from_masked(torch.nn.Linear(3, 3))
+
+
+def test_compile_fullgraph_layer():
+    layer = sl.nn.SparseLinear(16, 8)
+    layer.set_mask(torch.rand(8, 16) < 0.3)
+    x = torch.randn(5, 16, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, layer(x))
+    gx, gv = torch.autograd.grad(out.sum(), [x, layer.values])
+    ex, ev = torch.autograd.grad(layer(x).sum(), [x, layer.values])
+    torch.testing.assert_close(gx, ex)
+    torch.testing.assert_close(gv, ev)
+
+
+# --------------------------------------------------------------------------- set_execution
+def _model():
+    torch.manual_seed(3)
+    model = sl.sparsify(
+        torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    )
+    model[0].set_mask(torch.rand(256, 64) < 0.02)
+    return model
+
+
+def test_set_execution_modes():
+    model = _model()
+    x = torch.randn(7, 64)
+    expected = model(x)
+    assert sl.set_execution(model, "sparse") == {"0": "sparse", "2": "sparse"}
+    assert isinstance(model[0], sl.nn.SparseLinear)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert sl.set_execution(model, "dense") == {"0": "dense", "2": "dense"}
+    assert isinstance(model[0], sl.nn.MaskedLinear)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_keeps_dense_layers_dense_and_measures_sparse_ones():
+    model = _model()
+    chosen = sl.set_execution(model, "auto", batch=32)
+    assert chosen["2"] == "dense"  # density 1: no measurement
+    assert chosen["0"] in ("dense", "sparse")
+    assert isinstance(model[0], sl.nn.SparseLinear) == (chosen["0"] == "sparse")
+
+
+def test_set_execution_errors():
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        sl.set_execution(_model(), "fast")
+    with pytest.raises(ValueError, match="batch: expected a positive int"):
+        sl.set_execution(_model(), "auto", batch=0)
+
+
+def test_atol_table_covers_every_dtype():
+    assert set(ALL_DTYPES) <= set(ATOL)
+
+
+def test_model_api_refuses_layers_in_sparse_execution():
+    model = _model()
+    sl.set_execution(model, "sparse")
+    for call in (sl.masks, sl.density, lambda m: sl.prune(m, 0.2)):
+        with pytest.raises(TypeError, match="layer '0' is a SparseLinear"):
+            call(model)
+    sl.set_execution(model, "dense")
+    assert sl.prune(model, 0.2).removed["0"] > 0
+
+
+def test_export_dense_of_a_model_in_sparse_execution():
+    model = _model()
+    x = torch.randn(3, 64)
+    expected = model(x)
+    sl.set_execution(model, "sparse")
+    dense = sl.export_dense(model)
+    assert type(dense[0]) is torch.nn.Linear
+    torch.testing.assert_close(dense(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- convolutions
+@pytest.mark.parametrize(
+    "kwargs", [dict(padding=1), dict(stride=2, padding=2, dilation=2), dict(kernel_size=(1, 3))]
+)
+def test_sparse_conv2d_matches_masked_conv2d(kwargs):
+    torch.manual_seed(4)
+    kwargs = {"kernel_size": 3, **kwargs}
+    conv = sl.nn.MaskedConv2d(6, 10, **kwargs)
+    conv.set_mask(torch.rand(conv.weight.shape) < 0.2)
+    sparse = sl.nn.SparseConv2d.from_masked(conv)
+    x = torch.randn(3, 6, 11, 9, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch.testing.assert_close(sparse(x), conv(x2), rtol=1e-5, atol=1e-5)
+    sparse(x).square().sum().backward()
+    conv(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    dense_grad = sparse.layout.dense(sparse.values.grad).reshape(conv.weight.shape)
+    torch.testing.assert_close(dense_grad, conv.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sparse(x[0]), conv(x2[0]), rtol=1e-5, atol=1e-5)  # unbatched
+    back = sparse.to_masked()
+    assert type(back) is sl.nn.MaskedConv2d and torch.equal(back.mask, conv.mask)
+    torch.testing.assert_close(back(x2), conv(x2))
+
+
+def test_sparse_conv2d_unsupported_layers_stay_dense():
+    grouped = sl.nn.MaskedConv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="groups=2"):
+        sl.nn.SparseConv2d.from_masked(grouped)
+    model = torch.nn.Sequential(grouped, sl.nn.MaskedConv2d(4, 4, 3, padding="same"))
+    assert sl.set_execution(model, "sparse") == {"0": "dense", "1": "dense"}
+
+
+def test_set_execution_of_convolutions_needs_an_example_for_auto():
+    torch.manual_seed(5)
+    model = sl.sparsify(torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1)))
+    model[0].set_mask(torch.rand(model[0].weight.shape) < 0.02)
+    assert sl.set_execution(model, "auto") == {"0": "dense"}  # input size unknown
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    chosen = sl.set_execution(model, "auto", example=x)
+    assert isinstance(model[0], sl.nn.SparseConv2d) == (chosen["0"] == "sparse")
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert sl.set_execution(model, "sparse") == {"0": "sparse"}
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
