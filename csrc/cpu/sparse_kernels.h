@@ -15,10 +15,10 @@
 //   sddmm: grad_values[j] = <dyᵀ[n, :], xᵀ[col[j], :]> for j in row n (CSR order), eight
 //          stored weights at a time so that each dyᵀ load serves eight FMAs.
 // A stored weight costs one FMA per loaded vector of the dense panel, so the products are bound
-// by where those loads come from: the work is cut into strips of the batch (kStrip) and blocks
-// of W's columns (kBlockCols) so that the part of the panel being read stays in L2, the rows of
-// W within a (strip, block) phase shared by the threads; partial sums live in the output.
-// Accumulation in fp32 for fp32/bf16/fp16 operands, fp64 for fp64.
+// by those loads (random rows of the panel): the SpMM prefetches the rows kAhead stored weights
+// ahead and walks the panel strip by strip (kStrip columns: a row's accumulators stay in
+// registers). Blocking W's columns so that a panel strip stays in L2 measured no faster on the
+// 2-core EPYC (256×4096×4096, 95–99% sparse): the partial sums it writes cost what the hits save.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -29,7 +29,6 @@
 #include <cstring>
 #include <cstdlib>
 #include <type_traits>
-#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -71,7 +70,7 @@ inline int64_t panel_width(int64_t batch) {
 }
 
 constexpr int64_t kTile = 32;
-constexpr int64_t kAhead = 32;  // stored weights between a prefetch and its use (~L3 latency)
+constexpr int64_t kAhead = 16;  // stored weights between a prefetch and its use
 
 #if defined(__AVX2__)
 // dst[c * ds + r] = src[r * ss + c] for r, c in [0, 8): eight rows in, eight columns out.
@@ -138,45 +137,18 @@ void transpose_out(const A* src, int64_t Bp, int64_t batch, int64_t R, T* dst, i
 // Strips of a panel row: V vectors, the registers' worth of accumulators.
 template <class A>
 constexpr int64_t kStrip = 8 * Vec<A>::kLanes;
-// Columns of W per block: a block's strip of the dense panel (kBlockCols × kStrip) stays in L2.
-inline int64_t tune_env(const char* n, int64_t d) { const char* e = std::getenv(n); return e ? std::atoll(e) : d; }
-inline int64_t tune_ahead() { static int64_t v = tune_env("SL_AHEAD", 0); return v; }
-inline int64_t tune_block() { static int64_t v = tune_env("SL_BLOCK", 1 << 30); return v; }
-#define kBlockCols tune_block()
 
-// The stored weights of row r whose index lies in column block b are [lo(b)[r], hi(b)[r]).
-struct Blocks {
-  std::vector<int64_t> split;  // (count + 1) × rows
-  int64_t count = 0, rows = 0;
-  const int64_t* lo(int64_t b) const { return split.data() + b * rows; }
-  const int64_t* hi(int64_t b) const { return split.data() + (b + 1) * rows; }
-};
-
-// The column blocks of the rows [r0, r1) (indices ascending within a row).
-inline void fill_blocks(Blocks& blocks, const int64_t* offsets, const int32_t* idx, int64_t r0,
-                        int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const int32_t* first = idx + offsets[r];
-    const int32_t* last = idx + offsets[r + 1];
-    blocks.split[r] = offsets[r];
-    for (int64_t b = 1; b < blocks.count; ++b) {
-      first = std::lower_bound(first, last, static_cast<int32_t>(b * kBlockCols));
-      blocks.split[b * blocks.rows + r] = first - idx;
-    }
-    blocks.split[blocks.count * blocks.rows + r] = offsets[r + 1];
-  }
-}
-
-// out[r, s0 .. s0 + V·L) = (first ? init : itself) + Σ_{j in [j0, j1)} values[j] · dense[idx[j], ...]
+// out[r, s0 .. s0 + V·L) = init + Σ_{j in [j0, j1)} values[j] · dense[idx[j], s0 ...] (`dense`
+// and `o` point at the strip's first column).
 template <int V, class A, class T>
 inline void spmm_strip(int64_t j0, int64_t j1, const int32_t* idx, const T* values,
-                       const A* dense, int64_t Bp, A init, bool first, A* o) {
+                       const A* dense, int64_t Bp, A init, A* o) {
   constexpr int L = Vec<A>::kLanes;
   vec_t<A> acc[V];
-  for (int v = 0; v < V; ++v) acc[v] = first ? vec_t<A>{} + init : load(o + v * L);
+  for (int v = 0; v < V; ++v) acc[v] = vec_t<A>{} + init;
   for (int64_t j = j0; j < j1; ++j) {
-    if (tune_ahead() && j + tune_ahead() < j1) {  // TUNE
-      const char* next = reinterpret_cast<const char*>(dense + idx[j + tune_ahead()] * Bp);
+    if (j + kAhead < j1) {  // the rows of dense come in random order: fetch ahead
+      const char* next = reinterpret_cast<const char*>(dense + idx[j + kAhead] * Bp);
       for (int line = 0; line < V * L * int(sizeof(A)); line += 64) __builtin_prefetch(next + line);
     }
     const A w = static_cast<A>(values[j]);
@@ -188,45 +160,42 @@ inline void spmm_strip(int64_t j0, int64_t j1, const int32_t* idx, const T* valu
 
 template <int V, class A, class T>
 inline void spmm_tail(int tail, int64_t j0, int64_t j1, const int32_t* idx, const T* values,
-                      const A* dense, int64_t Bp, A init, bool first, A* o) {
+                      const A* dense, int64_t Bp, A init, A* o) {
   if constexpr (V > 0) {
-    if (tail == V) return spmm_strip<V>(j0, j1, idx, values, dense, Bp, init, first, o);
-    spmm_tail<V - 1>(tail, j0, j1, idx, values, dense, Bp, init, first, o);
+    if (tail == V) return spmm_strip<V>(j0, j1, idx, values, dense, Bp, init, o);
+    spmm_tail<V - 1>(tail, j0, j1, idx, values, dense, Bp, init, o);
   }
 }
 
 // Rows [r0, r1) of out (R × Bp), panel columns [c0, c1) (c0 a multiple of kStrip, c1 of the
-// lanes), the stored weights of column block b: out = bias (or 0) + this block's products when
-// b == 0, out += them after.
+// lanes): out = bias (or 0) + the rows' products. bias may be nullptr.
 template <class A, class T>
-void spmm_rows(const Blocks& blocks, int64_t b, const int32_t* idx, const T* values,
-               const T* bias, const A* dense, int64_t Bp, A* out, int64_t r0, int64_t r1,
-               int64_t c0, int64_t c1) {
+void spmm_rows(const int64_t* offsets, const int32_t* idx, const T* values, const T* bias,
+               const A* dense, int64_t Bp, A* out, int64_t r0, int64_t r1, int64_t c0,
+               int64_t c1) {
   constexpr int V = 8, L = Vec<A>::kLanes;
-  const int64_t *lo = blocks.lo(b), *hi = blocks.hi(b);
   for (int64_t r = r0; r < r1; ++r) {
     const A init = bias ? static_cast<A>(bias[r]) : A(0);
+    const int64_t j0 = offsets[r], j1 = offsets[r + 1];
     int64_t s0 = c0;
     for (; s0 + V * L <= c1; s0 += V * L)
-      spmm_strip<V>(lo[r], hi[r], idx, values, dense + s0, Bp, init, b == 0, out + r * Bp + s0);
+      spmm_strip<V>(j0, j1, idx, values, dense + s0, Bp, init, out + r * Bp + s0);
     if (s0 < c1)
-      spmm_tail<V - 1>(static_cast<int>((c1 - s0) / L), lo[r], hi[r], idx, values, dense + s0,
-                       Bp, init, b == 0, out + r * Bp + s0);
+      spmm_tail<V - 1>(static_cast<int>((c1 - s0) / L), j0, j1, idx, values, dense + s0, Bp,
+                       init, out + r * Bp + s0);
   }
 }
 
-// acc[j] (+)= <dyᵀ[n, c0..c1), xᵀ[cols[j], c0..c1)> for the stored weights of rows [n0, n1) in
-// column block b: eight at a time, so that each dyᵀ load serves eight FMAs. `first`: assign.
-template <class A>
-void sddmm_rows(const Blocks& blocks, int64_t b, const int32_t* cols, const A* dyT, const A* xT,
-                int64_t Bp, A* acc_out, int64_t n0, int64_t n1, int64_t c0, int64_t c1,
-                bool first) {
+// grad_values[j] = <dyᵀ[n, :], xᵀ[cols[j], :]> for the stored weights of rows [n0, n1): eight
+// at a time, so that each dyᵀ load serves eight FMAs.
+template <class A, class T>
+void sddmm_rows(const int64_t* offsets, const int32_t* cols, const A* dyT, const A* xT,
+                int64_t Bp, T* grad_values, int64_t n0, int64_t n1) {
   constexpr int G = 8, L = Vec<A>::kLanes;
-  const int64_t *lo = blocks.lo(b), *hi = blocks.hi(b);
   for (int64_t n = n0; n < n1; ++n) {
     const A* g = dyT + n * Bp;
-    int64_t j = lo[n];
-    const int64_t j1 = hi[n];
+    int64_t j = offsets[n];
+    const int64_t j1 = offsets[n + 1];
     for (; j + G <= j1; j += G) {
       const A* x[G];
       vec_t<A> acc[G];
@@ -234,18 +203,17 @@ void sddmm_rows(const Blocks& blocks, int64_t b, const int32_t* cols, const A* d
         x[u] = xT + cols[j + u] * Bp;
         acc[u] = vec_t<A>{};
       }
-      for (int64_t i = c0; i < c1; i += L) {
+      for (int64_t i = 0; i < Bp; i += L) {
         const vec_t<A> gv = load(g + i);
         for (int u = 0; u < G; ++u) acc[u] += gv * load(x[u] + i);
       }
-      for (int u = 0; u < G; ++u)
-        acc_out[j + u] = (first ? A(0) : acc_out[j + u]) + hsum<A>(acc[u]);
+      for (int u = 0; u < G; ++u) grad_values[j + u] = static_cast<T>(hsum<A>(acc[u]));
     }
     for (; j < j1; ++j) {
       const A* x = xT + cols[j] * Bp;
       vec_t<A> acc{};
-      for (int64_t i = c0; i < c1; i += L) acc += load(g + i) * load(x + i);
-      acc_out[j] = (first ? A(0) : acc_out[j]) + hsum<A>(acc);
+      for (int64_t i = 0; i < Bp; i += L) acc += load(g + i) * load(x + i);
+      grad_values[j] = static_cast<T>(hsum<A>(acc));
     }
   }
 }

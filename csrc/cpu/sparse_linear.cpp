@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 
 #include <initializer_list>
-#include <type_traits>
 #include <vector>
 
 #include "../sparse_checks.h"
@@ -82,66 +81,22 @@ at::Tensor unpanel(const A* p, int64_t R, int64_t Bp, int64_t batch,
   return out;
 }
 
-// The column blocks of W's rows (offsets, idx) for `cols` columns.
-sp::Blocks blocks_of(const at::Tensor& offsets, const at::Tensor& idx, int64_t cols) {
-  sp::Blocks blocks;
-  blocks.rows = offsets.numel() - 1;
-  blocks.count = std::max<int64_t>(1, (cols + sp::kBlockCols - 1) / sp::kBlockCols);
-  blocks.split.resize((blocks.count + 1) * blocks.rows);
-  const int64_t* off = offsets.const_data_ptr<int64_t>();
-  const int32_t* id = idx.const_data_ptr<int32_t>();
-  cpu::dynamic_for(at::get_num_threads(), items(blocks.rows), [&](int64_t i) {
-    const int64_t r0 = i * kRowsPerItem;
-    sp::fill_blocks(blocks, off, id, r0, std::min(blocks.rows, r0 + kRowsPerItem));
-  });
-  return blocks;
-}
-
-// f(c0, c1) for the strips of a panel of width Bp.
-template <class A, class F>
-void for_strips(int64_t Bp, F&& f) {
-  for (int64_t c0 = 0; c0 < Bp; c0 += sp::kStrip<A>) f(c0, std::min(Bp, c0 + sp::kStrip<A>));
-}
-
-// out (rows × Bp) = bias + the sparse rows (offsets, idx, values) times the panel `dense`
-// (cols × Bp): one phase per column block, rows and strips shared by the threads within it.
+// out (rows × Bp) = bias + the sparse rows (offsets, idx, values) times the panel `dense`,
+// strip-major: all rows of one strip of the batch before the next, so that the threads share
+// the strip of `dense` being read (· × kStrip).
 template <class T, class A>
 void spmm(const at::Tensor& offsets, const at::Tensor& idx, const at::Tensor& values,
-          const T* bias, const A* dense, int64_t cols, int64_t Bp, A* out) {
-  const sp::Blocks blocks = blocks_of(offsets, idx, cols);
-  const int64_t rows = blocks.rows, row_items = items(rows);
+          const T* bias, const A* dense, int64_t Bp, A* out) {
+  const int64_t rows = offsets.numel() - 1, row_items = items(rows);
   const int64_t strips = (Bp + sp::kStrip<A> - 1) / sp::kStrip<A>;
+  const int64_t* off = offsets.const_data_ptr<int64_t>();
   const int32_t* id = idx.const_data_ptr<int32_t>();
   const T* v = values.const_data_ptr<T>();
-  for (int64_t b = 0; b < blocks.count; ++b) {
-    cpu::dynamic_for(at::get_num_threads(), row_items * strips, [&](int64_t i) {
-      const int64_t r0 = i % row_items * kRowsPerItem, c0 = i / row_items * sp::kStrip<A>;
-      sp::spmm_rows<A, T>(blocks, b, id, v, bias, dense, Bp, out, r0,
-                          std::min(rows, r0 + kRowsPerItem), c0,
-                          std::min(Bp, c0 + sp::kStrip<A>));
-    });
-  }
-}
-
-// grad_values = <dyᵀ[n], xᵀ[col]> at the stored weights (offsets, cols) of W (N × K): one phase
-// per (strip, column block), partial sums in acc (nnz, the acc type).
-template <class A>
-void sddmm(const at::Tensor& offsets, const at::Tensor& cols, const A* dyT, const A* xT,
-           int64_t K, int64_t Bp, A* acc) {
-  const sp::Blocks blocks = blocks_of(offsets, cols, K);
-  const int64_t N = blocks.rows;
-  const int32_t* c = cols.const_data_ptr<int32_t>();
-  // The first strip assigns (each stored weight lies in one column block), the others add.
-  for_strips<A>(Bp, [&](int64_t c0, int64_t c1) {
-    for (int64_t b = 0; b < blocks.count; ++b) {
-      cpu::dynamic_for(at::get_num_threads(), items(N), [&](int64_t i) {
-        const int64_t n0 = i * kRowsPerItem;
-        sp::sddmm_rows<A>(blocks, b, c, dyT, xT, Bp, acc, n0, std::min(N, n0 + kRowsPerItem),
-                          c0, c1, c0 == 0);
-      });
-    }
+  cpu::dynamic_for(at::get_num_threads(), row_items * strips, [&](int64_t i) {
+    const int64_t r0 = i % row_items * kRowsPerItem, c0 = i / row_items * sp::kStrip<A>;
+    sp::spmm_rows<A, T>(off, id, v, bias, dense, Bp, out, r0, std::min(rows, r0 + kRowsPerItem),
+                        c0, std::min(Bp, c0 + sp::kStrip<A>));
   });
-  if (Bp == 0) std::fill(acc, acc + cols.numel(), A(0));  // an empty batch
 }
 
 std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
@@ -173,7 +128,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
     at::Tensor keep;
     const auto p = panels<A>({K, N}, Bp, values, keep);  // xᵀ, yᵀ
     panel_of<T, A>(x, p[0], Bp);
-    spmm<T, A>(row_offsets, col_indices, values, bias_ptr, p[0], K, Bp, p[1]);
+    spmm<T, A>(row_offsets, col_indices, values, bias_ptr, p[0], Bp, p[1]);
     y = unpanel<A, T>(p[1], N, Bp, batch, values.options());
   });
   return y.view(with_last(input.sizes(), N));
@@ -202,22 +157,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
     if (output_mask[0]) {
       // The values in CSC order first: one gather, then every strip reads them in sequence.
       const at::Tensor csc_values = values.index_select(0, csr_positions);
-      spmm<T, A>(col_offsets, row_indices, csc_values, nullptr, p[0], N, Bp, p[1]);
+      spmm<T, A>(col_offsets, row_indices, csc_values, nullptr, p[0], Bp, p[1]);
       grad_input = unpanel<A, T>(p[1], K, Bp, batch, values.options())
                        .view(with_last(grad_output.sizes(), K));
     }
     if (output_mask[1]) {
       panel_of<T, A>(cpu::rows_of(*input, K), p[2], Bp);
-      // Partial sums in the acc type: in grad_values itself when that is the acc type.
       grad_values = at::empty_like(values);
-      if constexpr (std::is_same_v<T, A>) {
-        sddmm<A>(row_offsets, col_indices, p[0], p[2], K, Bp, grad_values.mutable_data_ptr<A>());
-      } else {
-        at::Tensor acc = at::empty({values.numel()}, values.options().dtype(acc_type(
-                                                         values.scalar_type())));
-        sddmm<A>(row_offsets, col_indices, p[0], p[2], K, Bp, acc.mutable_data_ptr<A>());
-        grad_values.copy_(acc);
-      }
+      const int64_t* off = row_offsets.const_data_ptr<int64_t>();
+      const int32_t* cols = col_indices.const_data_ptr<int32_t>();
+      T* out = grad_values.mutable_data_ptr<T>();
+      cpu::dynamic_for(at::get_num_threads(), items(N), [&](int64_t i) {
+        const int64_t n0 = i * kRowsPerItem;
+        sp::sddmm_rows<A, T>(off, cols, p[0], p[2], Bp, out, n0, std::min(N, n0 + kRowsPerItem));
+      });
     }
   });
   if (output_mask[2]) grad_bias = dy.sum(0);
