@@ -97,6 +97,14 @@ at::Tensor masked_linear_autograd(const at::Tensor& input, const at::Tensor& wei
 
 TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("masked_linear", &masked_linear_autograd);
+  m.impl("masked_conv1d", &masked_conv_autograd<1>);
+  m.impl("masked_conv2d", &masked_conv_autograd<2>);
+}
+
+// The masked convolutions: apply_mask and the framework convolution, on every device.
+TORCH_LIBRARY_IMPL(sparse_lottery, CompositeExplicitAutograd, m) {
+  m.impl("masked_conv1d", &masked_conv<1>);
+  m.impl("masked_conv2d", &masked_conv<2>);
 }
 
 #define SL_REGISTER(device)                                                   \

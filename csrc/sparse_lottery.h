@@ -50,6 +50,17 @@ MagnitudePruneResult magnitude_prune_cpu(at::TensorList weights,
                                          bool layerwise);
 RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> amounts,
                                    bool counts, bool layerwise, int64_t seed);
+// masked_conv1d/2d (Dims = 1, 2): at::convolution of weight ⊙ mask on any device, and its
+// autograd (d_weight masked); in masked_conv.cpp.
+#define MASKED_CONV_ARGS                                                                 \
+  const at::Tensor &input, const at::Tensor &weight, const at::Tensor &mask,             \
+      const std::optional<at::Tensor>&bias, c10::SymIntArrayRef stride,                  \
+      c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups
+template <int Dims>
+at::Tensor masked_conv(MASKED_CONV_ARGS);
+template <int Dims>
+at::Tensor masked_conv_autograd(MASKED_CONV_ARGS);
+
 // Sparse execution (layout and checks in sparse_checks.h): y = input @ Wᵀ + bias with W given by
 // its stored values and CSR/CSC index; the backward gives (d_input, d_values, d_bias), each only
 // where output_mask asks for it; input is needed for d_values.

@@ -190,14 +190,15 @@ def _masked_conv(conv, input, weight, mask, bias, stride, padding, dilation, gro
     return conv(input, _ops.apply_mask(weight, mask), bias, stride, padding, dilation, groups)
 
 
-@torch.library.impl("sparse_lottery::masked_conv1d", "CompositeExplicitAutograd")
-def _(input, weight, mask, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
-    return _masked_conv(F.conv1d, input, weight, mask, bias, stride, padding, dilation, groups)
+if not has_cpu_kernels():  # else the extension registers these and their autograd in C++
 
+    @torch.library.impl("sparse_lottery::masked_conv1d", "CompositeExplicitAutograd")
+    def _(input, weight, mask, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+        return _masked_conv(F.conv1d, input, weight, mask, bias, stride, padding, dilation, groups)
 
-@torch.library.impl("sparse_lottery::masked_conv2d", "CompositeExplicitAutograd")
-def _(input, weight, mask, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
-    return _masked_conv(F.conv2d, input, weight, mask, bias, stride, padding, dilation, groups)
+    @torch.library.impl("sparse_lottery::masked_conv2d", "CompositeExplicitAutograd")
+    def _(input, weight, mask, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+        return _masked_conv(F.conv2d, input, weight, mask, bias, stride, padding, dilation, groups)
 
 
 def _conv_setup(ctx, inputs, output):
@@ -239,10 +240,11 @@ def _(input, weight, mask, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1
     return _masked_conv(F.conv2d, input, weight, mask, bias, stride, padding, dilation, groups)
 
 
-for _conv in ("masked_conv1d", "masked_conv2d"):
-    torch.library.register_autograd(
-        f"sparse_lottery::{_conv}", _conv_backward, setup_context=_conv_setup
-    )
+if not has_cpu_kernels():
+    for _conv in ("masked_conv1d", "masked_conv2d"):
+        torch.library.register_autograd(
+            f"sparse_lottery::{_conv}", _conv_backward, setup_context=_conv_setup
+        )
 
 __all__ = [
     "masked_linear",
