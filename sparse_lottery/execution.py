@@ -6,9 +6,9 @@
 state cost the survivors), and "auto" picks per layer from a measured crossover: one training
 step (forward and both gradients) of each form, timed on the layer's device, dtype and input
 shape, the sparse form kept only where it is faster (so auto is never slower than dense beyond
-timing noise). Layers at density above `MAX_SPARSE_DENSITY` stay dense without a
-measurement: the sparse products then do at least half the dense work, with less regular
-memory access. Decisions are cached per (device, dtype, shape, density, batch).
+timing noise). Every layer is measured, dense ones too: where the framework's dense kernel is
+inefficient (a convolution over a 2×2 map) the sparse form can win at any density. Decisions
+are cached per (layer type, device, dtype, shape, density, input shape).
 
 Conversion replaces modules, so call it where masks are fixed for a while, before building the
 optimiser (at the start of an IMP level), and convert back with "dense" before pruning.
@@ -35,7 +35,6 @@ from .nn.masked import MaskedLinear
 from .nn.sparse import SPARSE_TYPES, _SparseWeight
 
 MODES = ("auto", "dense", "sparse")
-MAX_SPARSE_DENSITY = 0.3
 DEFAULT_BATCH = 256
 _decisions: dict[tuple, str] = {}
 
@@ -116,8 +115,6 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[in
 def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
     """ "dense" or "sparse": the faster training step of the masked `layer` for inputs of
     `input_shape` (see the module doc)."""
-    if layer.density > MAX_SPARSE_DENSITY:
-        return "dense"
     weight = layer.weight
     key = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
            round(layer.density, 3), tuple(input_shape))  # fmt: skip

@@ -406,6 +406,30 @@ COMPILE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("name", ["masked_sgd_", "masked_adamw_"])
+def test_compile_fullgraph_optimiser_ops(name, target):
+    """The in-place optimiser ops under torch.compile: same updates as eager."""
+    torch.manual_seed(0)
+    p = [torch.randn(5, 9, device=target), torch.randn(7, device=target)]
+    g = [torch.randn_like(t) for t in p]
+    m = [torch.rand(5, 9, device=target) < 0.5, None]
+    states = [[torch.zeros_like(t) for t in p] for _ in range(2)]
+
+    def step(params, states):
+        if name == "masked_sgd_":
+            OPS.masked_sgd_(params, g, states[0], m, 0.1, 0.9, 0.0, 1e-4, True, False, False)
+        else:
+            OPS.masked_adamw_(
+                params, g, states[0], states[1], m, 0.1, 0.9, 0.99, 1e-8, 1e-2, 3, False
+            )
+
+    eager_p, eager_s = [t.clone() for t in p], [[t.clone() for t in s] for s in states]
+    step(eager_p, eager_s)
+    torch.compile(step, fullgraph=True, backend="aot_eager")(p, states)
+    for got, want in zip(p + states[0] + states[1], eager_p + eager_s[0] + eager_s[1]):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("name", COMPILE_CASES + ["apply_masks_"])
 def test_compile_fullgraph(name, target):
     if name == "apply_masks_":

@@ -291,12 +291,29 @@ def test_set_execution_modes():
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_auto_keeps_dense_layers_dense_and_measures_sparse_ones():
+def test_auto_converts_to_the_measured_faster_form(monkeypatch):
+    from sparse_lottery import execution
+
     model = _model()
     chosen = sl.set_execution(model, "auto", batch=32)
-    assert chosen["2"] == "dense"  # density 1: no measurement
-    assert chosen["0"] in ("dense", "sparse")
-    assert isinstance(model[0], sl.nn.SparseLinear) == (chosen["0"] == "sparse")
+    for name in ("0", "2"):
+        assert isinstance(model[int(name)], sl.nn.SparseLinear) == (chosen[name] == "sparse")
+    # The decision follows the timings: sparse only where it measured faster.
+    execution._decisions.clear()
+    monkeypatch.setattr(
+        execution,
+        "_step_time",
+        lambda layer, x: 1.0 if isinstance(layer, sl.nn.MaskedLinear) else 2.0,
+    )
+    assert sl.set_execution(_model(), "auto", batch=8) == {"0": "dense", "2": "dense"}
+    execution._decisions.clear()
+    monkeypatch.setattr(
+        execution,
+        "_step_time",
+        lambda layer, x: 2.0 if isinstance(layer, sl.nn.MaskedLinear) else 1.0,
+    )
+    assert sl.set_execution(_model(), "auto", batch=8) == {"0": "sparse", "2": "sparse"}
+    execution._decisions.clear()
 
 
 def test_set_execution_errors():
@@ -374,3 +391,16 @@ def test_set_execution_of_convolutions_needs_an_example_for_auto():
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert sl.set_execution(model, "sparse") == {"0": "sparse"}
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_fullgraph_sparse_conv2d():
+    conv = sl.nn.MaskedConv2d(4, 6, 3, padding=1)
+    conv.set_mask(torch.rand(conv.weight.shape) < 0.3)
+    layer = sl.nn.SparseConv2d.from_masked(conv)
+    x = torch.randn(2, 4, 7, 7, requires_grad=True)
+    out = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, layer(x))
+    gx, gv = torch.autograd.grad(out.sum(), [x, layer.values])
+    ex, ev = torch.autograd.grad(layer(x).sum(), [x, layer.values])
+    torch.testing.assert_close(gx, ex)
+    torch.testing.assert_close(gv, ev)
