@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ._mask_format import gemm_view
+from ._sparse_layout import SparseLayout
 
 _BIT_WEIGHTS = [1 << b for b in range(8)]
 
@@ -265,21 +266,11 @@ def masked_adamw_(
 
 
 # --------------------------------------------------------------------------- sparse execution
-def _dense_of(values, row_offsets, col_indices, in_features):
-    """The dense (N, K) weight that the stored values and their CSR index describe."""
-    n = row_offsets.numel() - 1
-    counts = (row_offsets[1:] - row_offsets[:-1]).to(torch.int64)
-    rows = torch.repeat_interleave(torch.arange(n, device=values.device), counts)
-    dense = values.new_zeros((n, in_features))
-    dense[rows, col_indices.to(torch.int64)] = values
-    return dense, rows
-
-
 def sparse_linear(
     input, values, row_offsets, col_indices, col_offsets, row_indices, csr_positions, bias=None
 ):
-    dense, _ = _dense_of(values, row_offsets, col_indices, input.shape[-1])
-    return F.linear(input, dense, bias)
+    layout = SparseLayout(row_offsets, col_indices, col_offsets, row_indices, csr_positions)
+    return F.linear(input, layout.dense(values), bias)
 
 
 def sparse_linear_backward(
@@ -293,15 +284,15 @@ def sparse_linear_backward(
     csr_positions,
     output_mask,
 ):
-    k = col_offsets.numel() - 1
-    dense, rows = _dense_of(values, row_offsets, col_indices, k)
+    layout = SparseLayout(row_offsets, col_indices, col_offsets, row_indices, csr_positions)
+    k = layout.shape[1]
     g2 = grad_output.reshape(-1, grad_output.shape[-1])
     grad_input = grad_values = grad_bias = None
     if output_mask[0]:
-        grad_input = (g2 @ dense).reshape(*grad_output.shape[:-1], k)
+        grad_input = (g2 @ layout.dense(values)).reshape(*grad_output.shape[:-1], k)
     if output_mask[1]:
         x2 = input.reshape(-1, k)
-        grad_values = (g2.t() @ x2)[rows, col_indices.to(torch.int64)]
+        grad_values = (g2.t() @ x2)[layout.rows(), col_indices.long()]
     if output_mask[2]:
         grad_bias = g2.sum(0)
     return grad_input, grad_values, grad_bias
