@@ -65,24 +65,25 @@ def set_execution(
     chosen: dict[str, str] = {}
 
     def convert(name: str, module: nn.Module) -> nn.Module | None:
-        sparse_cls = SPARSE_TYPES.get(type(module))
-        if sparse_cls is None and not isinstance(module, _SparseWeight):
+        is_sparse = isinstance(module, _SparseWeight)
+        if not is_sparse and type(module) not in SPARSE_TYPES:
             return None
-        masked = module.to_masked() if isinstance(module, _SparseWeight) else module
-        sparse_cls = type(module) if isinstance(module, _SparseWeight) else sparse_cls
-        want = mode
-        if sparse_cls.unsupported(masked):
+        masked = None  # the dense-fused form, made only where it is needed
+        if not is_sparse and SPARSE_TYPES[type(module)].unsupported(module):
             want = "dense"
         elif mode == "auto":
+            masked = module.to_masked() if is_sparse else module
             shape = shapes.get(name) or (
                 (batch, masked.in_features) if isinstance(masked, MaskedLinear) else None
             )
             want = choose(masked, shape) if shape is not None else "dense"
+        else:
+            want = mode
         chosen[name] = want
-        if want == "sparse" and not isinstance(module, _SparseWeight):
-            return sparse_cls.from_masked(module)
-        if want == "dense" and isinstance(module, _SparseWeight):
-            return masked
+        if want == "sparse" and not is_sparse:
+            return SPARSE_TYPES[type(module)].from_masked(module)
+        if want == "dense" and is_sparse:
+            return masked if masked is not None else module.to_masked()
         return None
 
     _replace_modules(model, convert)
