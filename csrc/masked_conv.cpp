@@ -8,7 +8,6 @@
 
 #include <array>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "mask_format.h"
@@ -45,16 +44,19 @@ std::vector<c10::SymInt> zeros_like(c10::SymIntArrayRef a) {
   return std::vector<c10::SymInt>(a.size(), c10::SymInt(0));
 }
 
-at::Tensor call_masked_conv(const std::string& name, const at::Tensor& input,
-                            const at::Tensor& weight, const at::Tensor& mask,
-                            const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
-                            c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-                            c10::SymInt groups) {
-  auto op = c10::Dispatcher::singleton()
-                .findSchemaOrThrow(name.c_str(), "")
-                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  const std::optional<at::Tensor>&, c10::SymIntArrayRef,
-                                  c10::SymIntArrayRef, c10::SymIntArrayRef, c10::SymInt)>();
+// masked_conv{Dims}d through the dispatcher (the op handle looked up once).
+template <int Dims>
+at::Tensor call_masked_conv(const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& mask, const std::optional<at::Tensor>& bias,
+                            c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
+                            c10::SymIntArrayRef dilation, c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow(Dims == 1 ? "sparse_lottery::masked_conv1d"
+                                                    : "sparse_lottery::masked_conv2d",
+                                          "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&, c10::SymIntArrayRef,
+                                         c10::SymIntArrayRef, c10::SymIntArrayRef, c10::SymInt)>();
   return op.call(input, weight, mask, bias, stride, padding, dilation, std::move(groups));
 }
 
@@ -67,9 +69,6 @@ c10::IValue to_list(c10::SymIntArrayRef a) { return c10::IValue(a.vec()); }
 template <int Dims>
 class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
  public:
-  static constexpr const char* kName =
-      Dims == 1 ? "sparse_lottery::masked_conv1d" : "sparse_lottery::masked_conv2d";
-
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const at::Tensor& mask,
                             const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
@@ -82,7 +81,7 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_masked_conv(kName, input, weight, mask, bias, stride, padding, dilation, groups);
+    return call_masked_conv<Dims>(input, weight, mask, bias, stride, padding, dilation, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -3,6 +3,8 @@
 // Each call transposes its dense operands into batch-contiguous panels, runs the products over
 // rows of W taken by free threads (dynamic_for.h), and transposes the result back.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <initializer_list>
@@ -23,28 +25,15 @@ constexpr int64_t kRowsPerItem = 16;  // rows of W (or Wᵀ) per work item
 
 int64_t items(int64_t rows) { return (rows + kRowsPerItem - 1) / kRowsPerItem; }
 
-// f(T, A) with T the tensors' element type and A the accumulation type.
-template <class F>
-void dispatch_float(at::ScalarType t, F&& f) {
-  switch (t) {
-    case at::kFloat: return f(float{}, float{});
-    case at::kDouble: return f(double{}, double{});
-    case at::kBFloat16: return f(c10::BFloat16{}, float{});
-    case at::kHalf: return f(c10::Half{}, float{});
-    default: TORCH_CHECK_TYPE(false, "values: expected a floating dtype, got ", dtype_name(t));
-  }
-}
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
 // The panels of one call, carved from this thread's reused scratch buffer (no allocation and no
-// page faults on repeated calls): `count` panels of rows[i] × Bp in the acc type.
+// page faults on repeated calls): one of r × Bp in the acc type A per r in `rows`.
 template <class A>
 std::vector<A*> panels(std::initializer_list<int64_t> rows, int64_t Bp, const at::Tensor& like,
                        at::Tensor& keep) {
   int64_t total = 0;
   for (const int64_t r : rows) total += r * Bp;
-  keep = cpu::scratch(1, std::max<int64_t>(total, 1), like.options().dtype(acc_type(like.scalar_type())));
+  keep = cpu::scratch(1, std::max<int64_t>(total, 1),
+                      like.options().dtype(at::toOpMathType(like.scalar_type())));
   std::vector<A*> out;
   A* p = keep.mutable_data_ptr<A>();
   for (const int64_t r : rows) {
@@ -119,9 +108,10 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
   const at::Tensor x = cpu::rows_of(input, K);
   const int64_t batch = x.size(0);
   at::Tensor y;
-  dispatch_float(values.scalar_type(), [&](auto t_tag, auto a_tag) {
-    using T = decltype(t_tag);
-    using A = decltype(a_tag);
+  const auto dtype = values.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sparse_linear", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;  // accumulation: fp32, fp64 for fp64
     const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
     const T* bias_ptr = b.defined() ? b.const_data_ptr<T>() : nullptr;
     const int64_t Bp = sp::panel_width<A>(batch);
@@ -146,9 +136,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
   const at::Tensor dy = cpu::rows_of(grad_output, N);
   const int64_t batch = dy.size(0);
   at::Tensor grad_input, grad_values, grad_bias;
-  dispatch_float(values.scalar_type(), [&](auto t_tag, auto a_tag) {
-    using T = decltype(t_tag);
-    using A = decltype(a_tag);
+  const auto dtype = values.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sparse_linear_backward", [&] {
+    using T = scalar_t;
+    using A = at::opmath_type<T>;  // accumulation: fp32, fp64 for fp64
     const int64_t Bp = sp::panel_width<A>(batch);
     at::Tensor keep;
     const auto p = panels<A>({N, output_mask[0] ? K : 0, output_mask[1] ? K : 0}, Bp, values,
