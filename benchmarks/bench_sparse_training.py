@@ -311,7 +311,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per config")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="timed rounds per config (default 7 for the large layer, 21 for the small ones, "
+        "whose per-round noise is larger than the few percent being judged)",
+    )
     parser.add_argument("--no-convs", action="store_true", help="skip the convolution layers")
     parser.add_argument("--out", default=None, help="output path without extension")
     parser.add_argument("--seed", type=int, default=0)
@@ -319,7 +325,6 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU visible")
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
-    rounds = args.rounds or (3 if args.quick else 7)
     min_round_s = 0.01 if args.quick else 0.1
     gen = torch.Generator().manual_seed(args.seed)
     timer = Timer(args.device)
@@ -338,6 +343,7 @@ def main(argv=None) -> int:
             else:
                 large = False
                 steps, memory, choice = conv_methods(*shape, sp, dtype, args.device, gen)
+            rounds = args.rounds or (3 if args.quick else 7 if large else 21)
             samples = interleaved(steps, timer, rounds, min_round_s)
             rows.append(
                 summarise(

@@ -1,6 +1,7 @@
 // masked_conv1d / masked_conv2d: the framework convolution of weight ⊙ mask, device-generic
 // (apply_mask, then at::convolution), with a C++ autograd node: d_input and d_bias from
-// at::convolution_backward, d_weight masked. No masked copy of the weight outlives a call; no
+// at::convolution_backward, d_weight masked. Under autograd the masked copy of the weight made
+// by the forward is saved for the backward (as autograd would save weight * mask); no
 // Python runs per step (a Python autograd function cost ~0.5 ms per training step, more than
 // a small convolution's whole budget for the mask).
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -44,22 +45,6 @@ std::vector<c10::SymInt> zeros_like(c10::SymIntArrayRef a) {
   return std::vector<c10::SymInt>(a.size(), c10::SymInt(0));
 }
 
-// masked_conv{Dims}d through the dispatcher (the op handle looked up once).
-template <int Dims>
-at::Tensor call_masked_conv(const at::Tensor& input, const at::Tensor& weight,
-                            const at::Tensor& mask, const std::optional<at::Tensor>& bias,
-                            c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
-                            c10::SymIntArrayRef dilation, c10::SymInt groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow(Dims == 1 ? "sparse_lottery::masked_conv1d"
-                                                    : "sparse_lottery::masked_conv2d",
-                                          "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const std::optional<at::Tensor>&, c10::SymIntArrayRef,
-                                         c10::SymIntArrayRef, c10::SymIntArrayRef, c10::SymInt)>();
-  return op.call(input, weight, mask, bias, stride, padding, dilation, std::move(groups));
-}
-
 std::vector<c10::SymInt> saved_ints(AutogradContext* ctx, const char* key) {
   return ctx->saved_data[key].toSymIntVector();
 }
@@ -74,27 +59,32 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
                             const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
                             c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
                             c10::SymInt groups) {
-    ctx->save_for_backward({input, weight, mask});
     ctx->saved_data["stride"] = to_list(stride);
     ctx->saved_data["padding"] = to_list(padding);
     ctx->saved_data["dilation"] = to_list(dilation);
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_masked_conv<Dims>(input, weight, mask, bias, stride, padding, dilation, groups);
+    check_masked_conv(input, weight, mask, bias);
+    // The kernel's two steps, so that the masked weight the forward made serves the backward
+    // too (one apply_mask and one allocation fewer per step than recomputing it there).
+    at::Tensor masked_weight = call_apply_mask(weight, mask);
+    ctx->save_for_backward({input, masked_weight, mask});
+    return at::convolution_symint(input, masked_weight, bias, stride, padding, dilation, false,
+                                  zeros_like(padding), std::move(groups));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &weight = saved[1], &mask = saved[2];
+    const at::Tensor &input = saved[0], &masked_weight = saved[1], &mask = saved[2];
     const auto stride = saved_ints(ctx, "stride"), padding = saved_ints(ctx, "padding");
     const auto dilation = saved_ints(ctx, "dilation");
     std::optional<std::vector<c10::SymInt>> bias_sizes;
-    if (ctx->saved_data["has_bias"].toBool()) bias_sizes = {weight.sym_size(0)};
+    if (ctx->saved_data["has_bias"].toBool()) bias_sizes = {masked_weight.sym_size(0)};
     const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                              bias_sizes.has_value() && ctx->needs_input_grad(3)};
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, call_apply_mask(weight, mask),
+        grads[0], input, masked_weight,
         bias_sizes ? std::optional<c10::SymIntArrayRef>(*bias_sizes) : std::nullopt, stride,
         padding, dilation, false, zeros_like(padding), ctx->saved_data["groups"].toSymInt(),
         output_mask);
