@@ -9,7 +9,7 @@ Example:
     1.0
 """
 
-from . import nn, ops, optim, sparse
+from . import data, lottery, models, nn, ops, optim, sparse
 from .backends import backends, format_backends, set_backend
 from .execution import set_execution
 from .model import (
@@ -27,6 +27,9 @@ from .pruning import PruneReport, prune
 __version__ = "0.1.0"
 
 __all__ = [
+    "data",
+    "lottery",
+    "models",
     "nn",
     "ops",
     "optim",

@@ -6,6 +6,8 @@ entry. `run(args)` returns the exit status.
 Example:
     $ python -m sparse_lottery backends
     $ python -m sparse_lottery quickstart --epochs 5 --sparsity 0.9 --seed 0
+    $ python -m sparse_lottery imp --levels 5 --baselines reinit
+    $ python -m sparse_lottery report runs
 """
 
 import argparse
@@ -47,7 +49,32 @@ def _quickstart(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _lottery(name: str) -> Command:
+    """A command of `sparse_lottery.lottery.cli` (imported only when it is used)."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from .lottery import cli
+
+        getattr(cli, f"{name}_arguments")(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from .lottery import cli
+
+        return getattr(cli, name)(args)
+
+    return Command(_LOTTERY_HELP[name], add_arguments, run)
+
+
+_LOTTERY_HELP = {
+    "train": "train the dense network (level 0 of an experiment)",
+    "imp": "iterative magnitude pruning: levels, rewinding, baselines; resumable",
+    "branch": "from a finished level: random reinit, random pruning, or retraining",
+    "report": "Markdown + HTML report with plots of every experiment under a folder",
+    "bench": "run the kernel and IMP benchmarks (source checkout)",
+}
+
 COMMANDS: dict[str, Command] = {
+    **{name: _lottery(name) for name in _LOTTERY_HELP},
     "quickstart": Command(
         "one lottery-ticket round on MNIST-1D (dense vs sparse accuracy)",
         _quickstart_arguments,

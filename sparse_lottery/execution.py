@@ -26,6 +26,7 @@ Example:
 """
 
 import time
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ _decisions: dict[tuple, str] = {}
 
 def set_execution(
     model: nn.Module,
-    mode: str = "auto",
+    mode: str | Mapping[str, str] = "auto",
     batch: int = DEFAULT_BATCH,
     example: torch.Tensor | None = None,
 ) -> dict:
@@ -49,6 +50,9 @@ def set_execution(
     ("auto", "dense" or "sparse"), in place; returns {layer name: "dense" or "sparse"}.
 
     Args:
+        mode: "auto", "dense", "sparse", or a plan {layer name: "dense" or "sparse"} as an
+            earlier call returned it (to restore the same forms, e.g. when resuming a run;
+            layers it does not name stay as they are).
         batch: rows per step that "auto" times linear layers with (tokens or examples per
             training step), when no `example` is given.
         example: an input batch of the model: "auto" then times every layer on inputs of the
@@ -57,8 +61,13 @@ def set_execution(
 
     Layers without a sparse form (grouped or non-zero-padded convolutions) stay dense.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+    plan = dict(mode) if isinstance(mode, Mapping) else None
+    if plan is not None:
+        bad = {k: v for k, v in plan.items() if v not in ("dense", "sparse")}
+        if bad:
+            raise ValueError(f"mode: a plan maps layer names to 'dense' or 'sparse', got {bad}")
+    elif mode not in MODES:
+        raise ValueError(f"mode: expected one of {list(MODES)} or a plan dict, got {mode!r}")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch!r}")
     shapes = _input_shapes(model, example) if mode == "auto" and example is not None else {}
@@ -69,8 +78,12 @@ def set_execution(
         if not is_sparse and type(module) not in SPARSE_TYPES:
             return None
         masked = None  # the dense-fused form, made only where it is needed
+        if plan is not None and name not in plan:
+            return None
         if not is_sparse and SPARSE_TYPES[type(module)].unsupported(module):
             want = "dense"
+        elif plan is not None:
+            want = plan[name]
         elif mode == "auto":
             masked = module.to_masked() if is_sparse else module
             shape = shapes.get(name) or (

@@ -1,0 +1,260 @@
+"""The experiment commands of `sparse-lottery`: train, imp, branch, report, bench.
+
+Every hyperparameter field is one flag (`--lr`, `--prune-fraction`, ...); a `--preset` sets the
+literature's values first and explicit flags win. Runtime options (`--root`, `--data-dir`,
+`--device`, ...) do not change results and are not part of the run's hash.
+
+Example:
+    $ sparse-lottery imp --levels 5 --baselines reinit          # MNIST-1D MLP, 5 levels
+    $ sparse-lottery imp --preset lenet_mnist --data-dir ~/data --download
+    $ sparse-lottery branch --level 3 --kind retrain --lr 0.001
+    $ sparse-lottery report runs/
+    $ torchrun --nproc-per-node 2 -m sparse_lottery imp --levels 3
+"""
+
+import argparse
+import dataclasses
+import logging
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .hparams import SECTIONS, TrainingHparams
+from .presets import PRESETS, apply_preset
+from .runner import BRANCHES, Run, run_imp
+from .trainer import Runtime
+
+log = logging.getLogger("sparse_lottery")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls, title: str) -> None:
+    group = parser.add_argument_group(title)
+    defaults = cls()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        default = getattr(defaults, f.name)
+        text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
+        if kind is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=text)  # fmt: skip
+        else:
+            group.add_argument(_flag(f.name), type=kind, default=argparse.SUPPRESS,
+                               metavar=kind.__name__.upper(), help=text)  # fmt: skip
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, one flag per hyperparameter, one per runtime option, --replicate."""
+    parser.add_argument(
+        "--preset",
+        default="mnist1d_mlp",
+        choices=sorted(PRESETS),
+        help="the literature's settings to start from (default: mnist1d_mlp)",
+    )
+    parser.add_argument("--replicate", type=int, default=0,
+                        help="replicate number: the default seed of init, data order and "
+                        "augmentation (default: 0)")  # fmt: skip
+    parser.add_argument("--list", action="store_true",
+                        help="list presets, models and datasets, and exit")  # fmt: skip
+    for section, cls in SECTIONS.items():
+        _add_fields(parser, cls, f"{section} hyperparameters (hashed)")
+    _add_fields(parser, Runtime, "runtime options (not hashed)")
+
+
+def experiment_from_args(args: argparse.Namespace):
+    """(Experiment, Runtime) from parsed flags: the preset, then the given flags."""
+    given = vars(args)
+    overrides = {
+        section: {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given}
+        for section, cls in SECTIONS.items()
+    }
+    exp = apply_preset(args.preset, overrides).validate()
+    runtime = Runtime(**{f.name: given[f.name] for f in dataclasses.fields(Runtime)
+                         if f.name in given})  # fmt: skip
+    return exp, runtime
+
+
+def _listing() -> str:
+    from .. import data, models
+
+    lines = ["presets:"] + [f"  {name}" for name in sorted(PRESETS)]
+    lines += ["models:"] + [f"  {n:14s} {s.description}" for n, s in models.MODELS.items()]
+    lines += ["datasets:"] + [f"  {n:14s} {s.description}" for n, s in data.DATASETS.items()]
+    return "\n".join(lines)
+
+
+def _session(args: argparse.Namespace):
+    """Parse, set threads and the process group; (exp, runtime) or None after --list."""
+    if args.list:
+        print(_listing())
+        return None
+    exp, runtime = experiment_from_args(args)
+    if runtime.threads > 0:
+        torch.set_num_threads(runtime.threads)
+    distributed.setup(distributed.local_device(runtime.device or None))
+    return exp, runtime
+
+
+# --------------------------------------------------------------------------- commands
+def imp_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--levels", type=int, default=10,
+                        help="pruning levels after the dense level 0 (default: 10)")  # fmt: skip
+    parser.add_argument("--baselines", default="",
+                        help="branches trained at every level ≥ 1, comma-separated: "
+                        f"{', '.join(BRANCHES[:2])} (default: none)")  # fmt: skip
+    add_experiment_arguments(parser)
+
+
+def imp(args: argparse.Namespace) -> int:
+    session = _session(args)
+    if session is None:
+        return 0
+    exp, runtime = session
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    bad = [b for b in baselines if b not in BRANCHES[:2]]
+    if bad:
+        raise SystemExit(f"--baselines: expected names from {list(BRANCHES[:2])}, got {bad}")
+    try:
+        rows = run_imp(exp, runtime, args.levels, args.replicate, baselines)
+    finally:
+        distributed.teardown()
+    if distributed.is_main():
+        print(format_table(rows, baselines))
+        run_dir = Path(runtime.root) / f"lottery_{exp.hash()}"
+        print(f"results: {run_dir}")
+    return 0
+
+
+def format_table(rows: list[dict], baselines: tuple[str, ...]) -> str:
+    """Markdown table: level, density, test accuracy of the ticket and each baseline."""
+    head = ["level", "density", "ticket acc", *[f"{b} acc" for b in baselines], "early stop it",
+            "seconds"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        t = row["ticket"]
+        cells = [str(row["level"]), f"{row['density']:.4f}", f"{t['test_accuracy']:.4f}"]
+        cells += [f"{row[b]['test_accuracy']:.4f}" if b in row else "–" for b in baselines]
+        cells += [str(t["early_stop_step"]), f"{t['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_experiment_arguments(parser)
+
+
+def train(args: argparse.Namespace) -> int:
+    """The dense network: level 0 of the experiment (an `imp` with the same flags reuses it)."""
+    session = _session(args)
+    if session is None:
+        return 0
+    exp, runtime = session
+    try:
+        summary = Run(exp, runtime, args.replicate).level(0)
+    finally:
+        distributed.teardown()
+    if distributed.is_main():
+        print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['end_step']} it "
+              f"({summary['seconds']:.1f} s)")  # fmt: skip
+    return 0
+
+
+def branch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--level", type=int, required=True, help="the level to branch from")
+    parser.add_argument("--kind", required=True, choices=BRANCHES,
+                        help="reinit, random_prune or retrain")  # fmt: skip
+    parser.add_argument("--branch-seed", type=int, default=0,
+                        help="seed of the branch's random init or mask (default: 0)")  # fmt: skip
+    parser.add_argument("--retrain", default="",
+                        help="retrain: training hyperparameters to change, "
+                        "'field=value,...' (e.g. 'lr=0.001,steps=500it')")  # fmt: skip
+    add_experiment_arguments(parser)
+
+
+def parse_training_overrides(text: str, base: TrainingHparams) -> TrainingHparams:
+    """'lr=0.001,steps=500it' applied to `base` (each value parsed as the field's type)."""
+    hints = typing.get_type_hints(TrainingHparams)
+    values = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in hints:
+            raise SystemExit(
+                f"--retrain: expected 'field=value' with fields of {sorted(hints)}, got {item!r}"
+            )
+        kind = hints[name]
+        values[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return dataclasses.replace(base, **values)
+
+
+def branch(args: argparse.Namespace) -> int:
+    session = _session(args)
+    if session is None:
+        return 0
+    exp, runtime = session
+    training = None
+    if args.kind == "retrain":
+        if not args.retrain:
+            raise SystemExit("--retrain: the retrain branch needs the hyperparameters to change")
+        training = parse_training_overrides(args.retrain, exp.training)
+    try:
+        summary = Run(exp, runtime, args.replicate).branch(args.level, args.kind, training,
+                                                            args.branch_seed)  # fmt: skip
+    finally:
+        distributed.teardown()
+    if distributed.is_main():
+        print(f"{args.kind} at level {args.level}: density {summary['density']:.4f}, "
+              f"test accuracy {summary['test_accuracy']:.4f}")  # fmt: skip
+    return 0
+
+
+def report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", nargs="?", default="runs",
+                        help="folder of experiments (default: runs)")  # fmt: skip
+    parser.add_argument("--out", default=None, help="report folder (default: <root>/report)")
+
+
+def report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.root, args.out)
+    print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+BENCHMARKS = ("masked_linear", "selection", "sparse_training", "imp")
+
+
+def bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "names",
+        nargs="*",
+        default=list(BENCHMARKS),
+        help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Run the kernel benchmarks of a source checkout (`benchmarks/bench_<name>.py`)."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not folder.is_dir():
+        raise SystemExit(f"bench: no benchmarks folder at {folder} (run from a source checkout)")
+    status = 0
+    for name in args.names:
+        script = folder / f"bench_{name}.py"
+        if name not in BENCHMARKS or not script.exists():
+            raise SystemExit(f"bench: unknown benchmark {name!r}; choose from {BENCHMARKS}")
+        cmd = [sys.executable, str(script), "--device", args.device]
+        cmd += ["--quick"] if args.quick else []
+        print(f"== {' '.join(cmd)}", flush=True)
+        status = status or subprocess.call(cmd)
+    return status

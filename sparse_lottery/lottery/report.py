@@ -1,0 +1,191 @@
+"""`report`: Markdown + a self-contained HTML page, with plots, of every experiment under a root.
+
+Per experiment: the hyperparameters that differ from the defaults, a table per level (density,
+test accuracy of the ticket and of every branch kind, mean ± spread over replicates), and plots:
+accuracy vs density (log axis, one line per method, the band spans the replicates), per-layer
+density by level, early-stopping iteration vs density, and time per level.
+
+Example:
+    >>> from sparse_lottery.lottery.report import write_report
+    >>> out = write_report("runs")  # doctest: +SKIP
+"""
+
+import base64
+import html
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def collect(root: str | Path) -> list[dict]:
+    """[{"name", "config", "rows": [{"replicate", "level", "method", **summary}]}] for every
+    experiment folder under `root` (finished levels and branches only)."""
+    experiments = []
+    for config_path in sorted(Path(root).glob("lottery_*/config.json")):
+        folder = config_path.parent
+        rows = []
+        for summary_path in sorted(folder.glob("replicate_*/level_*/**/summary.json")):
+            rel = summary_path.relative_to(folder).parts
+            replicate = int(rel[0].removeprefix("replicate_"))
+            level = int(rel[1].removeprefix("level_"))
+            method = "ticket" if len(rel) == 3 else rel[2].removeprefix("branch_").rsplit("_", 1)[0]
+            summary = json.loads(summary_path.read_text())
+            rows.append({"replicate": replicate, "level": level, "method": method, **summary})
+        experiments.append({"name": folder.name, "config": json.loads(config_path.read_text()),
+                            "rows": rows})  # fmt: skip
+    return experiments
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.fmean(values), min(values), max(values)
+
+
+def _by(rows, *keys):
+    groups = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(row)
+    return groups
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per level; per method the mean test accuracy (min–max over
+    replicates when there are several)."""
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "ticket", m))
+    head = ["level", "density", *[f"{m} acc" for m in methods], "early stop it", "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = _by(rows, "level", "method")
+    for level in sorted({r["level"] for r in rows}):
+        ticket = groups.get((level, "ticket"), [])
+        dens = statistics.fmean(r["density"] for r in ticket) if ticket else float("nan")
+        cells = [str(level), f"{dens:.4f}"]
+        for method in methods:
+            group = groups.get((level, method))
+            if not group:
+                cells.append("–")
+                continue
+            mean, lo, hi = _spread([r["test_accuracy"] for r in group])
+            cells.append(f"{mean:.4f}" + (f" ({lo:.4f}–{hi:.4f})" if len(group) > 1 else ""))
+        stops = [r["early_stop_step"] for r in ticket if r["early_stop_step"] is not None]
+        cells.append(str(round(statistics.fmean(stops))) if stops else "–")
+        cells.append(f"{statistics.fmean(r['seconds'] for r in ticket):.1f}" if ticket else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> list[Path]:
+    """The four figures of one experiment as PNGs in `out`; [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, group in sorted(_by(rows, "method").items()):
+        levels = _by(group, "level")
+        xs = sorted(levels, key=lambda k: -statistics.fmean(r["density"] for r in levels[k]))
+        dens = [statistics.fmean(r["density"] for r in levels[k]) for k in xs]
+        stats = [_spread([r["test_accuracy"] for r in levels[k]]) for k in xs]
+        ax.plot(dens, [s[0] for s in stats], marker="o", label=method[0])
+        ax.fill_between(dens, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
+    ax.set(xscale="log", xlabel="density (log)", ylabel="test accuracy",
+           title="accuracy vs density")  # fmt: skip
+    ax.invert_xaxis()
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "accuracy_vs_density.png"))
+
+    ticket = [r for r in rows if r["method"] == "ticket" and r["replicate"] == min(
+        r["replicate"] for r in rows)]  # fmt: skip
+    ticket.sort(key=lambda r: r["level"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layer in ticket[0]["layer_density"] if ticket else []:
+        ax.plot([r["level"] for r in ticket], [r["layer_density"][layer] for r in ticket],
+                marker=".", label=layer or "(root)")  # fmt: skip
+    ax.set(yscale="log", xlabel="level", ylabel="density (log)", title="per-layer density")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "layer_density.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, group in sorted(_by(rows, "method").items()):
+        pts = [(r["density"], r["early_stop_step"]) for r in group if r["early_stop_step"]]
+        if pts:
+            ax.scatter(*zip(*pts), label=method[0], s=14)
+    ax.set(xscale="log", xlabel="density (log)", ylabel="iteration of min test loss",
+           title="early-stopping iteration")  # fmt: skip
+    ax.invert_xaxis()
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out / "early_stop.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    levels = sorted({r["level"] for r in ticket})
+    ax.bar(levels, [statistics.fmean(r["seconds"] for r in ticket if r["level"] == lv)
+                    for lv in levels])  # fmt: skip
+    ax.set(xlabel="level", ylabel="seconds", title="training time per level (ticket)")
+    ax.grid(alpha=0.3, axis="y")
+    paths.append(_save(fig, out / "time_per_level.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write_report(root: str | Path, out: str | Path | None = None) -> Path:
+    """Write `report.md` and `report.html` (images embedded) into `out` (default
+    `<root>/report`); returns the folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"root: {root} is not a folder (run `sparse-lottery imp` first)")
+    out = Path(out) if out else root / "report"
+    experiments = collect(root)
+    if not experiments:
+        raise FileNotFoundError(f"root: no experiment (lottery_*/config.json) under {root}")
+    md, body = ["# sparse_lottery report", ""], ["<h1>sparse_lottery report</h1>"]
+    for exp in experiments:
+        rows = exp["rows"]
+        settings = json.dumps(exp["config"]["non_default"]) or "{}"
+        md += [f"## {exp['name']}", "", f"Non-default hyperparameters: `{settings}`", ""]
+        body += [
+            f"<h2>{html.escape(exp['name'])}</h2>",
+            f"<p>Non-default hyperparameters: <code>{html.escape(settings)}</code></p>",
+        ]
+        if not rows:
+            md += ["No finished level yet.", ""]
+            body.append("<p>No finished level yet.</p>")
+            continue
+        text = table(rows)
+        md += [text, ""]
+        body.append(_html_table(text))
+        for path in plot(rows, out / exp["name"]):
+            md.append(f"![{path.stem}]({path.relative_to(out)})")
+            data = base64.b64encode(path.read_bytes()).decode()
+            body.append(f'<img alt="{path.stem}" src="data:image/png;base64,{data}">')
+        md.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    style = "body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px}"
+    head = f"<meta charset='utf-8'><title>sparse_lottery report</title><style>{style}</style>"
+    page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
+    (out / "report.html").write_text(page)
+    return out
+
+
+def _html_table(markdown: str) -> str:
+    lines = [line.strip("|").split("|") for line in markdown.splitlines()]
+    head, rows = lines[0], lines[2:]
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>")
+    return "".join(out) + "</table>"

@@ -1,0 +1,266 @@
+"""Iterative magnitude pruning and its branches, as idempotent steps over a run folder.
+
+Layout (open_lth's):
+
+    <root>/lottery_<hash>/config.json                  the resolved hyperparameters
+    <root>/lottery_<hash>/replicate_<r>/init.ckpt      θ0
+    <root>/lottery_<hash>/replicate_<r>/rewind.ckpt    θk (rewinding to iteration k > 0)
+    <root>/lottery_<hash>/replicate_<r>/level_<L>/     mask.ckpt (packed), checkpoint.ckpt
+        (while training), execution.json, metrics.jsonl/.csv, final.ckpt, summary.json
+    .../level_<L>/branch_<kind>_<hash>/                 a branch, with the same files
+
+Level L ≥ 1 prunes level L−1's trained weights (`sparse_lottery.prune`), then trains from the
+rewind point: θ0 ("init"), θk with the schedule and data order at k ("step"), or level L−1's
+trained weights with the schedule rewound to k ("lr") or held at its final learning rate
+("none": fine-tuning). A step whose `summary.json` exists is skipped, a killed one resumes.
+
+Example:
+    >>> from sparse_lottery.lottery import Experiment, Runtime, run_imp
+    >>> results = run_imp(Experiment(), Runtime(root="/tmp/runs"), levels=2)  # doctest: +SKIP
+"""
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import models
+from ..model import _masked_layers, load_masks, masks, sparsify
+from ..ops import pack_mask, unpack_mask
+from ..pruning import prune
+from . import checkpoint, distributed
+from .hparams import Experiment, TrainingHparams, parse_duration, parse_rates, seeds
+from .schedule import learning_rate
+from .trainer import Data, Runtime, Segment, train_segment
+
+log = logging.getLogger("sparse_lottery")
+
+BRANCHES = ("reinit", "random_prune", "retrain")
+_INIT_SALT, _PRUNE_SALT, _REINIT_SALT = 0x1417, 0x9A7E, 0x4E17
+
+
+class Run:
+    """One replicate of one experiment: its folder, data and model builder."""
+
+    def __init__(self, exp: Experiment, runtime: Runtime, replicate: int = 0) -> None:
+        self.exp, self.runtime, self.replicate = exp.validate(), runtime, replicate
+        self.device = distributed.local_device(runtime.device or None)
+        self.tag = exp.hash()
+        self.root = Path(runtime.root) / f"lottery_{self.tag}"
+        self.dir = self.root / f"replicate_{replicate}"
+        self.seeds = seeds(exp.training, replicate)
+        self.data = Data(exp, runtime)
+        spe = self.data.steps_per_epoch
+        self.total = parse_duration(exp.training.steps, spe, "--steps")
+        self.k = parse_duration(exp.pruning.rewind_step, spe, "--rewind-step")
+        if self.k >= self.total:
+            raise ValueError(
+                f"--rewind-step: {exp.pruning.rewind_step} ({self.k} it) is not before the end of "
+                f"training ({exp.training.steps} = {self.total} it)"
+            )
+        self._write_config()
+
+    # ------------------------------------------------------------------ paths and files
+    def level_dir(self, level: int) -> Path:
+        return self.dir / f"level_{level}"
+
+    def _write_config(self) -> None:
+        config = {"hash": self.tag, "non_default": self.exp.non_default(),
+                  "experiment": self.exp.to_dict()}  # fmt: skip
+        path = self.root / "config.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("hash") != self.tag or old.get("non_default") != config["non_default"]:
+                raise checkpoint.CheckpointError(
+                    f"{path}: describes another experiment ({old.get('non_default')}); "
+                    f"this one is {config['non_default']}. Use another --root"
+                )
+        elif distributed.is_main():
+            checkpoint.atomic_write_json(path, config)
+        distributed.barrier()
+
+    def build(self, seed: int) -> nn.Module:
+        """The experiment's model with masked layers, initialised from `seed` (CPU)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = models.get_model(
+                self.exp.model.model, self.data.train.num_classes, self.data.train.input_shape
+            )
+        return sparsify(model)
+
+    def weights(self, path: Path, kind: str, model: nn.Module) -> dict:
+        return checkpoint.load(path, self.tag, kind, checkpoint.model_signature(model))
+
+    def init_weights(self, model: nn.Module) -> dict:
+        """θ0 of this replicate, made and saved on first use."""
+        path = self.dir / "init.ckpt"
+        if not path.exists():
+            fresh = self.build(_INIT_SALT + self.seeds["init"])
+            if distributed.is_main():
+                state = {k: v.detach().cpu() for k, v in fresh.state_dict().items()}
+                checkpoint.save(path, state, experiment=self.tag, kind="init",
+                                model=checkpoint.model_signature(fresh))  # fmt: skip
+            distributed.barrier()
+        return self.weights(path, "init", model)
+
+    def save_masks(self, path: Path, model: nn.Module) -> None:
+        packed = {k: pack_mask(m) for k, m in masks(model).items()}
+        shapes = {k: list(m.shape) for k, m in masks(model).items()}
+        distributed.check_same(packed, "masks")
+        if distributed.is_main():
+            checkpoint.save(path, {"packed": packed, "shapes": shapes}, experiment=self.tag,
+                            kind="mask", model=checkpoint.model_signature(model))  # fmt: skip
+        distributed.barrier()
+
+    def load_saved_masks(self, path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+        state = self.weights(path, "mask", model)
+        return {k: unpack_mask(p, state["shapes"][k]) for k, p in state["packed"].items()}
+
+    # ------------------------------------------------------------------ levels
+    def level(self, level: int) -> dict:
+        """Run level `level` (its predecessors first, if needed); returns its summary."""
+        directory = self.level_dir(level)
+        done = directory / "summary.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        if level > 0:
+            self.level(level - 1)
+        model = self.build(_INIT_SALT + self.seeds["init"])
+        level_masks = self.level_masks(level, model)
+        start, fixed_lr, state = self.start_point(level, model)
+        model.load_state_dict(state)
+        load_masks(model, level_masks)
+        rewind_save = None
+        if level == 0 and self.k > 0 and self.exp.pruning.rewind in ("step",):
+            rewind_save = (self.k, self.dir / "rewind.ckpt")
+        seg = Segment(directory, self.tag, self.exp, self.seeds, start, self.total, self.total,
+                      fixed_lr, rewind_save)  # fmt: skip
+        log.info("level %d: density %.4f, iterations %d..%d", level, _density(model), start,
+                 self.total)  # fmt: skip
+        return train_segment(model.to(self.device), seg, self.data, self.runtime, self.device)
+
+    def level_masks(self, level: int, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Level 0: all ones; level L: level L−1's trained weights pruned (saved once)."""
+        if level == 0:
+            return masks(model)
+        path = self.level_dir(level) / "mask.ckpt"
+        if path.exists():
+            return self.load_saved_masks(path, model)
+        prev = self.level_dir(level - 1) / "final.ckpt"
+        model.load_state_dict(self.weights(prev, "final", model))
+        p = self.exp.pruning
+        rates = parse_rates(p.prune_rates)
+        if p.prune_output_fraction != -1.0:
+            rates.setdefault(models.MODELS[self.exp.model.model].output_layer,
+                             p.prune_output_fraction)  # fmt: skip
+        gen = torch.Generator().manual_seed(_PRUNE_SALT + 1_000_003 * self.seeds["init"] + level)
+        exclude = [g.strip() for g in p.prune_exclude.split(",") if g.strip()] or None
+        prune(model, p.prune_fraction, p.prune_method, exclude=exclude, rates=rates or None,
+              generator=gen)  # fmt: skip
+        self.save_masks(path, model)
+        return masks(model)
+
+    def start_point(self, level: int, model: nn.Module) -> tuple[int, float | None, dict]:
+        """(first iteration, fixed learning rate or None, weights) of a level."""
+        rewind = self.exp.pruning.rewind
+        if level == 0:
+            return 0, None, self.init_weights(model)
+        if rewind == "init":
+            return 0, None, self.init_weights(model)
+        if rewind == "step":
+            if self.k == 0:
+                return 0, None, self.init_weights(model)
+            return self.k, None, self.weights(self.dir / "rewind.ckpt", "rewind", model)
+        trained = self.weights(self.level_dir(level - 1) / "final.ckpt", "final", model)
+        if rewind == "lr":
+            return self.k, None, trained
+        final_lr = learning_rate(self.exp.training, self.total - 1, self.total,
+                                 self.data.steps_per_epoch)  # fmt: skip
+        return self.k, final_lr, trained
+
+    # ------------------------------------------------------------------ branches
+    def branch(self, level: int, kind: str, training: TrainingHparams | None = None,
+               seed: int = 0) -> dict:  # fmt: skip
+        """Train a branch of finished level `level`:
+
+        - "reinit": the level's mask, weights freshly initialised (seed `seed`): the random
+          reinitialisation baseline;
+        - "random_prune": a random mask with the level's per-layer densities, the level's start
+          weights: the random-pruning baseline;
+        - "retrain": the level's mask and start weights, trained with `training` instead.
+        """
+        if kind not in BRANCHES:
+            raise ValueError(f"kind: expected one of {list(BRANCHES)}, got {kind!r}")
+        if kind == "retrain" and training is None:
+            raise ValueError("training: 'retrain' needs the training hyperparameters to use")
+        self.level(level)
+        settings = {"kind": kind, "seed": seed}
+        exp = self.exp
+        if training is not None:
+            exp = dataclasses.replace(self.exp, training=training)
+            settings["training"] = Experiment(training=training).non_default().get("training", {})
+        tag = Experiment().hash(settings)
+        directory = self.level_dir(level) / f"branch_{kind}_{tag}"
+        if (directory / "summary.json").exists():
+            return json.loads((directory / "summary.json").read_text())
+        model = self.build(_INIT_SALT + self.seeds["init"])
+        level_masks = self.level_masks(level, model)
+        start, fixed_lr, state = self.start_point(level, model)
+        if kind == "reinit":
+            start, fixed_lr = 0, None
+            state = self.build(_REINIT_SALT + 1_000_003 * seed + self.seeds["init"]).state_dict()
+        model.load_state_dict(state)
+        if kind == "random_prune":
+            level_masks = self._random_masks(model, level_masks, seed, level)
+        load_masks(model, level_masks)
+        total = self.total
+        if training is not None:
+            total = parse_duration(training.steps, self.data.steps_per_epoch, "--steps")
+            start = min(start, total - 1)
+        seg = Segment(directory, self.tag, exp, self.seeds, start, total, total, fixed_lr)
+        summary = train_segment(model.to(self.device), seg, self.data, self.runtime, self.device)
+        return summary
+
+    def _random_masks(self, model, level_masks, seed, level) -> dict[str, torch.Tensor]:
+        """Uniformly random masks with exactly the kept count of each layer of `level_masks`."""
+        load_masks(model, {k: torch.ones_like(m) for k, m in level_masks.items()})
+        layers = dict(_masked_layers(model))
+        counts = {name: int((~level_masks[f"{name}.weight" if name else "weight"]).sum())
+                  for name in layers}  # fmt: skip
+        gen = torch.Generator().manual_seed(_PRUNE_SALT + 7919 * seed + level)
+        prune(model, 0, "random_layerwise", rates={_glob(n): c for n, c in counts.items()},
+              generator=gen)  # fmt: skip
+        return masks(model)
+
+
+def _glob(name: str) -> str:
+    """An fnmatch pattern matching exactly `name`."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def _density(model: nn.Module) -> float:
+    kept = sum(layer.mask.sum().item() for _, layer in _masked_layers(model))
+    total = sum(layer.weight.numel() for _, layer in _masked_layers(model))
+    return kept / max(total, 1)
+
+
+def run_imp(exp: Experiment, runtime: Runtime, levels: int, replicate: int = 0,
+            baselines: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
+    """Levels 0..`levels` of IMP for one replicate (and each baseline branch — "reinit",
+    "random_prune" — at every level ≥ 1); returns one row per level:
+    {"level", "density", "ticket": summary, <baseline>: summary}."""
+    run = Run(exp, runtime, replicate)
+    rows = []
+    for level in range(levels + 1):
+        row = {"level": level, "ticket": run.level(level)}
+        row["density"] = row["ticket"]["density"]
+        for kind in baselines if level > 0 else ():
+            row[kind] = run.branch(level, kind)
+        rows.append(row)
+    return rows
+
+
+__all__ = ["Run", "run_imp", "BRANCHES"]

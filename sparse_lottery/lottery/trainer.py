@@ -1,0 +1,307 @@
+"""Training of one segment (a level, or a branch) of an experiment, resumable at any point.
+
+The data order is a pure function of (data seed, epoch), the augmentation of (augment seed,
+iteration) and the learning rate of the iteration, so the state to resume from is just the
+model, the optimiser and the metrics so far: `checkpoint.ckpt` in the segment's folder,
+rewritten atomically every `--checkpoint-every`. A run killed at any point and restarted
+continues from it and ends bitwise equal (on the CPU) to an uninterrupted run.
+
+Within a segment the masks are fixed, so layers run in the execution form `set_execution`
+picks ("auto": measured per layer; the plan is saved in `execution.json` so a resumed run uses
+the same forms), and SGD/AdamW are the masked optimisers (`sparse_lottery.optim`).
+"""
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import data as datasets
+from .. import optim as masked_optim
+from ..execution import set_execution
+from ..model import _masked_layers, density
+from ..nn.sparse import _SparseWeight
+from . import checkpoint, distributed
+from .hparams import Experiment, parse_duration
+from .progress import Progress
+from .schedule import learning_rate
+
+log = logging.getLogger("sparse_lottery")
+
+_DATA_SALT, _AUGMENT_SALT = 0x5EED_0DA7A, 0x5EED_A116
+
+
+@dataclass
+class Runtime:
+    """Options that do not change results (so they are not hashed)."""
+
+    root: str = field(default="runs", metadata={"help": "folder of all experiments"})
+    data_dir: str = field(default="data", metadata={"help": "where datasets are looked for"})
+    download: bool = field(default=False, metadata={"help": "download missing datasets"})
+    device: str = field(default="", metadata={"help": "torch device (default: cuda if any)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads (0: torch's default)"})
+    eval_every: str = field(default="1ep", metadata={"help": "evaluate every '<n>it'/'<n>ep'"})
+    checkpoint_every: str = field(
+        default="60s",
+        metadata={"help": "write the resumable checkpoint every '<n>s', '<n>it' or '<n>ep'"},
+    )
+    execution: str = field(
+        default="auto", metadata={"help": "layer execution: auto, dense or sparse"}
+    )
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 autocast on GPU), fp32 or bf16"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    progress: bool = field(default=True, metadata={"help": "show progress"})
+
+
+@dataclass
+class Segment:
+    """Iterations [start, end) of a `total`-iteration schedule, written under `directory`."""
+
+    directory: Path
+    tag: str  # experiment hash the checkpoints must carry
+    experiment: Experiment
+    seeds: dict
+    start: int
+    end: int
+    total: int
+    fixed_lr: float | None = None  # fine-tuning: hold this learning rate
+    rewind_save: tuple[int, Path] | None = None  # (k, path): save the weights at iteration k
+
+
+class Data:
+    """Train/test data of an experiment with its iteration → minibatch mapping."""
+
+    def __init__(self, exp: Experiment, runtime: Runtime) -> None:
+        self.train, self.test = datasets.load_dataset(
+            exp.dataset.dataset, runtime.data_dir, runtime.download
+        )
+        self.batch_size = exp.dataset.batch_size
+        if self.batch_size > len(self.train):
+            raise ValueError(
+                f"--batch-size: {self.batch_size} is larger than the training set "
+                f"({len(self.train)} examples)"
+            )
+        self.steps_per_epoch = len(self.train) // self.batch_size  # the last partial one dropped
+        name = exp.dataset.augmentation
+        default = datasets.DATASETS[exp.dataset.dataset].augmentation
+        self.augmentation = default if name == "default" else None if name == "none" else name
+        self._order: tuple[int, int, torch.Tensor] | None = None
+
+    def indices(self, step: int, data_seed: int) -> torch.Tensor:
+        """Example indices of iteration `step` (all ranks together)."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if self._order is None or self._order[:2] != (data_seed, epoch):
+            gen = torch.Generator().manual_seed(_DATA_SALT + 1_000_003 * data_seed + epoch)
+            self._order = (data_seed, epoch, torch.randperm(len(self.train), generator=gen))
+        return self._order[2][b * self.batch_size : (b + 1) * self.batch_size]
+
+    def minibatch(self, step: int, seeds: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        rank, size = distributed.world()
+        index = self.indices(step, seeds["data"])[rank::size]
+        x, y = self.train.batch(index, device)
+        if self.augmentation:
+            gen = torch.Generator().manual_seed(_AUGMENT_SALT + 1_000_003 * seeds["augment"] + step)
+            x = datasets.augment(self.augmentation, x, gen)
+        return x, y
+
+
+def make_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
+    """The experiment's optimiser; SGD and AdamW (and Adam without weight decay, which is AdamW
+    with none) are the masked ones, updating surviving weights only."""
+    t = exp.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "sgd":
+        return masked_optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                                weight_decay=t.weight_decay)  # fmt: skip
+    if t.optimizer == "adamw" or (t.optimizer == "adam" and t.weight_decay == 0):
+        return masked_optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, device, autocast) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over all of `data`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss, correct, n = 0.0, 0, len(data)
+    for start in range(0, n, 1000):
+        x, y = data.batch(torch.arange(start, min(start + 1000, n)), device)
+        with autocast():
+            out = model(x).float()
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(-1) == y).sum().item()
+    model.train(was_training)
+    return loss / max(n, 1), correct / max(n, 1)
+
+
+def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, device) -> dict:
+    """Train `model` (masked layers, start weights and masks already loaded, on `device`) over
+    the segment, resuming from its checkpoint if one exists; returns the summary (also written
+    as `summary.json`). The model ends in the dense-fused form with the trained weights."""
+    exp, directory = seg.experiment, seg.directory
+    main = distributed.is_main()
+    signature = checkpoint.model_signature(model)
+    x0, _ = data.minibatch(seg.start, seg.seeds, device)
+    plan_path = directory / "execution.json"
+    ckpt_path = directory / "checkpoint.ckpt"
+    resume = ckpt_path.exists()
+    if resume and plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        set_execution(model, plan)
+    else:
+        plan = set_execution(model, runtime.execution, example=x0)
+        if main:
+            checkpoint.atomic_write_json(plan_path, plan)
+    opt = make_optimizer(model, exp)
+    step, metrics, loss_sum, loss_count, seconds = seg.start, [], 0.0, 0, 0.0
+    if resume:
+        state = checkpoint.load(ckpt_path, seg.tag, "resume", map_location=device)
+        if state["signature"] != signature:
+            raise checkpoint.CheckpointError(
+                f"{ckpt_path}: written for another model (signature {state['signature']}, "
+                f"this one {signature}); remove it or use another --root"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, metrics = state["step"], state["metrics"]
+        loss_sum, loss_count, seconds = state["loss_sum"], state["loss_count"], state["seconds"]
+        log.info("%s: resuming at iteration %d", directory, step)
+
+    spe = data.steps_per_epoch
+    eval_every = max(1, parse_duration(runtime.eval_every, spe, "--eval-every"))
+    ckpt_seconds, ckpt_every = _checkpoint_cadence(runtime.checkpoint_every, spe)
+    last_ckpt = time.perf_counter()
+    autocast = _autocast(runtime, device)
+    trainer = _ddp(model, runtime)
+    bar = Progress(seg.end, str(directory.relative_to(runtime.root)), start=step,
+                   enabled=runtime.progress and main)  # fmt: skip
+    model.train()
+    t_start = time.perf_counter()
+    while step < seg.end:
+        if seg.rewind_save and step == seg.rewind_save[0] and main:
+            _save_weights(seg.rewind_save[1], model, seg.tag, "rewind", step=step)
+        lr = (
+            seg.fixed_lr
+            if seg.fixed_lr is not None
+            else learning_rate(exp.training, step, seg.total, spe)
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = data.minibatch(step, seg.seeds, device)
+        with autocast():
+            loss = F.cross_entropy(trainer(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        loss_sum += loss.item()
+        loss_count += 1
+        bar.update(1, loss=loss_sum / loss_count, lr=lr)
+        if step % eval_every == 0 or step == seg.end:
+            test_loss, test_acc = evaluate(model, data.test, device, autocast)
+            metrics.append({"step": step, "epoch": step / spe, "lr": lr,
+                            "train_loss": loss_sum / loss_count, "test_loss": test_loss,
+                            "test_accuracy": test_acc,
+                            "seconds": seconds + time.perf_counter() - t_start})  # fmt: skip
+            loss_sum, loss_count = 0.0, 0
+            if main:
+                _write_metrics(directory, metrics)
+        due = (
+            (step % ckpt_every == 0)
+            if ckpt_every
+            else (time.perf_counter() - last_ckpt >= ckpt_seconds)
+        )
+        if ckpt_seconds and distributed.world()[1] > 1:  # every rank must agree to checkpoint
+            due = distributed.agree(due)
+        if due and step < seg.end:
+            last_ckpt = time.perf_counter()
+            if main:
+                checkpoint.save(ckpt_path, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "metrics": metrics, "loss_sum": loss_sum, "loss_count": loss_count,
+                    "seconds": seconds + time.perf_counter() - t_start, "signature": signature,
+                }, experiment=seg.tag, kind="resume", model=signature)  # fmt: skip
+            distributed.barrier()
+    bar.close()
+    seconds += time.perf_counter() - t_start
+    set_execution(model, "dense")
+    summary = summarise(model, metrics, seconds, plan, seg)
+    if main:
+        _save_weights(directory / "final.ckpt", model, seg.tag, "final", step=step)
+        checkpoint.atomic_write_json(directory / "summary.json", summary)
+        ckpt_path.unlink(missing_ok=True)
+    distributed.barrier()
+    return summary
+
+
+def summarise(model: nn.Module, metrics: list, seconds: float, plan: dict, seg: Segment) -> dict:
+    best = min(metrics, key=lambda m: m["test_loss"]) if metrics else {}
+    return {
+        "density": density(model),
+        "layer_density": {name: layer.density for name, layer in _masked_layers(model)},
+        "test_accuracy": metrics[-1]["test_accuracy"] if metrics else math.nan,
+        "test_loss": metrics[-1]["test_loss"] if metrics else math.nan,
+        "best_test_accuracy": max((m["test_accuracy"] for m in metrics), default=math.nan),
+        "early_stop_step": best.get("step"),
+        "early_stop_accuracy": best.get("test_accuracy"),
+        "seconds": seconds,
+        "start_step": seg.start,
+        "end_step": seg.end,
+        "execution": plan,
+        "experiment": seg.experiment.to_dict(),
+    }
+
+
+def _save_weights(path: Path, model: nn.Module, tag: str, kind: str, **meta) -> None:
+    """The weights in the dense-fused form (what a new level loads), on the CPU."""
+    if any(isinstance(m, _SparseWeight) for m in model.modules()):
+        model = copy.deepcopy(model)
+        set_execution(model, "dense")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    checkpoint.save(path, state, experiment=tag, kind=kind,
+                    model=checkpoint.model_signature(model), **meta)  # fmt: skip
+
+
+def _write_metrics(directory: Path, metrics: list) -> None:
+    lines = "".join(json.dumps(m) + "\n" for m in metrics)
+    checkpoint.atomic_write(directory / "metrics.jsonl", lines.encode())
+    keys = list(metrics[0])
+    rows = [",".join(keys)] + [",".join(str(m[k]) for k in keys) for m in metrics]
+    checkpoint.atomic_write(directory / "metrics.csv", ("\n".join(rows) + "\n").encode())
+
+
+def _checkpoint_cadence(text: str, steps_per_epoch: int) -> tuple[float, int]:
+    """(seconds, 0) for '<n>s', else (0, iterations)."""
+    value = str(text).strip()
+    if value.endswith("s") and value[:-1].strip().replace(".", "", 1).isdigit():
+        return float(value[:-1]), 0
+    return 0.0, max(1, parse_duration(value, steps_per_epoch, "--checkpoint-every"))
+
+
+def _autocast(runtime: Runtime, device: torch.device):
+    bf16 = runtime.precision == "bf16" or (runtime.precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _ddp(model: nn.Module, runtime: Runtime) -> nn.Module:
+    trainer = model
+    if runtime.compile:
+        trainer = torch.compile(trainer)
+    if distributed.world()[1] > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(trainer)
+    return trainer
+
+
+__all__ = ["Runtime", "Segment", "Data", "make_optimizer", "evaluate", "train_segment"]

@@ -1,0 +1,165 @@
+"""The driver's parts that need no training: hyperparameters and their hash, durations, the
+learning-rate schedule, checkpoints (atomic, checksummed, refused when corrupt or foreign),
+presets and the CLI's flags."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from sparse_lottery.lottery import checkpoint, cli
+from sparse_lottery.lottery.hparams import (
+    Experiment,
+    PruningHparams,
+    TrainingHparams,
+    parse_duration,
+    parse_rates,
+    seeds,
+)
+from sparse_lottery.lottery.presets import PRESETS, apply_preset
+from sparse_lottery.lottery.schedule import learning_rate
+
+
+# --------------------------------------------------------------------------- hashing
+def test_hash_is_stable_across_versions():
+    # Literal values: a change here renames every existing run folder, so it must be deliberate.
+    assert Experiment().hash() == HASH_DEFAULT
+    assert Experiment(training=TrainingHparams(lr=0.1)).hash() == HASH_LR
+
+
+def test_hash_depends_only_on_non_default_values():
+    a = Experiment(training=TrainingHparams(lr=0.1, optimizer="sgd"))
+    b = Experiment(training=TrainingHparams(optimizer="sgd", lr=0.1))
+    assert a.hash() == b.hash()
+    assert (
+        Experiment(training=TrainingHparams(lr=TrainingHparams().lr)).hash() == Experiment().hash()
+    )
+    assert a.hash() != Experiment(training=TrainingHparams(lr=0.2, optimizer="sgd")).hash()
+    assert a.non_default() == {"training": {"lr": 0.1, "optimizer": "sgd"}}
+    # A branch's settings go into the hash too.
+    assert a.hash({"kind": "reinit"}) != a.hash()
+
+
+def test_round_trip_and_unknown_fields():
+    exp = apply_preset("resnet20_cifar10")
+    assert Experiment.from_dict(json.loads(json.dumps(exp.to_dict()))) == exp
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        Experiment.from_dict({"training": {"lr": 1.0, "nope": 2}})
+
+
+@pytest.mark.parametrize(
+    "change, flag",
+    [
+        ({"training": {"optimizer": "rmsprop"}}, "--optimizer"),
+        ({"training": {"steps": "10 epochs"}}, "--steps"),
+        ({"training": {"lr": -1.0}}, "--lr"),
+        ({"pruning": {"rewind": "theta0"}}, "--rewind"),
+        ({"pruning": {"prune_fraction": 1.5}}, "--prune-fraction"),
+        ({"pruning": {"prune_rates": "fc3:0.1"}}, "--prune-rates"),
+        ({"dataset": {"batch_size": 0}}, "--batch-size"),
+    ],
+)
+def test_validation_names_the_flag(change, flag):
+    with pytest.raises(ValueError, match=flag):
+        apply_preset("mnist1d_mlp", change).validate()
+
+
+def test_durations_rates_and_seeds():
+    assert parse_duration("3ep", 50) == 150 and parse_duration(" 7it ", 50) == 7
+    with pytest.raises(ValueError, match="--warmup"):
+        parse_duration("5", 10, "--warmup")
+    assert parse_rates("fc3=0.1, conv*=0.15") == {"fc3": 0.1, "conv*": 0.15}
+    assert seeds(TrainingHparams(), 3) == {"init": 3, "data": 3, "augment": 3}
+    assert seeds(TrainingHparams(data_seed=9), 3) == {"init": 3, "data": 9, "augment": 3}
+
+
+def test_presets_are_valid_and_differ():
+    hashes = {name: apply_preset(name).validate().hash() for name in PRESETS}
+    assert len(set(hashes.values())) == len(PRESETS)
+    assert hashes["mnist1d_mlp"] == Experiment().hash()
+    with pytest.raises(ValueError, match="--preset"):
+        apply_preset("lenet_cifar")
+
+
+# --------------------------------------------------------------------------- schedule
+def test_learning_rate_schedules():
+    step = TrainingHparams(lr=1.0, schedule="step", milestones="2ep,3ep", gamma=0.5)
+    assert [learning_rate(step, s, 40, 10) for s in (0, 19, 20, 29, 30, 39)] == [
+        1.0, 1.0, 0.5, 0.5, 0.25, 0.25
+    ]  # fmt: skip
+    cosine = TrainingHparams(lr=2.0, schedule="cosine")
+    assert learning_rate(cosine, 0, 100, 1) == 2.0
+    assert learning_rate(cosine, 50, 100, 1) == pytest.approx(1.0)
+    warm = TrainingHparams(lr=1.0, warmup="4it")
+    assert [learning_rate(warm, s, 10, 1) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_and_header(tmp_path):
+    path = tmp_path / "a.ckpt"
+    payload = {"w": torch.randn(3, 4), "step": 7, "metrics": [{"acc": 0.5}]}
+    checkpoint.save(path, payload, experiment="e1", kind="resume", model="m1", step=7)
+    back = checkpoint.load(path, "e1", "resume", "m1")
+    assert torch.equal(back["w"], payload["w"]) and back["step"] == 7
+    assert checkpoint.read_header(path)["step"] == 7
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_corrupt_checkpoint_is_refused(tmp_path, damage):
+    path = tmp_path / "a.ckpt"
+    checkpoint.save(path, {"w": torch.randn(100)}, experiment="e", kind="final")
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-10] ^= 0xFF
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data = bytearray(b"not a checkpoint at all")
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="delete it"):
+        checkpoint.load(path, "e", "final")
+
+
+@pytest.mark.parametrize(
+    "field, value", [("experiment", "other"), ("kind", "init"), ("model", "x")]
+)
+def test_foreign_checkpoint_is_refused(tmp_path, field, value):
+    path = tmp_path / "a.ckpt"
+    checkpoint.save(path, {"w": torch.ones(1)}, experiment="e", kind="final", model="m")
+    want = {"experiment": "e", "kind": "final", "model": "m", field: value}
+    with pytest.raises(checkpoint.CheckpointError, match=f"belongs to {field}"):
+        checkpoint.load(path, **want)
+
+
+def test_model_signature_tracks_shapes_not_values():
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    assert checkpoint.model_signature(a) == checkpoint.model_signature(b)
+    assert checkpoint.model_signature(a) != checkpoint.model_signature(torch.nn.Linear(4, 2))
+
+
+# --------------------------------------------------------------------------- CLI flags
+def test_every_hyperparameter_is_a_flag():
+    parser = cli.argparse.ArgumentParser()
+    cli.imp_arguments(parser)
+    text = parser.format_help()
+    for section in (Experiment().dataset, Experiment().training, Experiment().pruning):
+        for f in dataclasses.fields(section):
+            assert "--" + f.name.replace("_", "-") in text
+    args = parser.parse_args(["--preset", "lenet_mnist", "--lr", "0.05", "--no-progress"])
+    exp, runtime = cli.experiment_from_args(args)
+    assert exp.training.lr == 0.05 and exp.training.optimizer == "sgd"  # flag over preset
+    assert exp.pruning == dataclasses.replace(PruningHparams(), prune_output_fraction=0.1)
+    assert runtime.progress is False
+
+
+def test_retrain_overrides():
+    hp = cli.parse_training_overrides("lr=0.001,steps=50it,nesterov=true", TrainingHparams())
+    assert (hp.lr, hp.steps, hp.nesterov) == (0.001, "50it", True)
+    with pytest.raises(SystemExit, match="--retrain"):
+        cli.parse_training_overrides("learning_rate=1", TrainingHparams())
+
+
+HASH_DEFAULT = "d0b2be2632e9fab9"
+HASH_LR = "0be356557f0e8a9d"
