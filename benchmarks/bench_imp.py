@@ -82,8 +82,7 @@ def torch_prune_loop(run: Run, levels: int, device) -> dict:
             else:
                 for m, name in layers:
                     kept = int(m.weight_mask.sum())
-                    prune.l1_unstructured(m, name, amount=round(RATE * kept) + m.weight_mask
-                                          .numel() - kept)  # fmt: skip
+                    prune.l1_unstructured(m, name, amount=round(RATE * kept))
             with torch.no_grad():  # rewind to θ0 (biases and norms too)
                 for m, _ in layers:
                     m.weight_orig.copy_(theta0[id(m)])
@@ -112,9 +111,8 @@ def torch_prune_loop(run: Run, levels: int, device) -> dict:
 
 
 def _amount(layers) -> int:
-    kept = sum(int(m.weight_mask.sum()) for m, _ in layers)
-    pruned = sum(m.weight_mask.numel() for m, _ in layers) - kept
-    return pruned + round(RATE * kept)  # global_unstructured counts already-pruned weights
+    """torch's pruning containers apply an amount to the survivors of the previous mask."""
+    return round(RATE * sum(int(m.weight_mask.sum()) for m, _ in layers))
 
 
 def _optimizer(model, exp):

@@ -7,8 +7,8 @@ state cost the survivors), and "auto" picks per layer from a measured crossover:
 step (forward and both gradients) of each form, timed on the layer's device, dtype and input
 shape, the sparse form kept only where it is faster (so auto is never slower than dense beyond
 timing noise). Every layer is measured, dense ones too: where the framework's dense kernel is
-inefficient (a convolution over a 2×2 map) the sparse form can win at any density. Decisions
-are cached per (layer type, device, dtype, shape, density, input shape).
+inefficient (a convolution over a 2×2 map) the sparse form can win at any density.
+Measurements are kept per (layer type, device, dtype, shape, input shape): see `choose`.
 
 Conversion replaces modules, so call it where masks are fixed for a while, before building the
 optimiser (at the start of an IMP level), and convert back with "dense" before pruning.
@@ -37,7 +37,7 @@ from .nn.sparse import SPARSE_TYPES, _SparseWeight
 
 MODES = ("auto", "dense", "sparse")
 DEFAULT_BATCH = 256
-_decisions: dict[tuple, str] = {}
+_decisions: dict[tuple, dict] = {}  # layer configuration -> what its measurements showed
 
 
 def set_execution(
@@ -126,41 +126,68 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[in
     return shapes
 
 
+SPARSE_MARGIN = 0.9  # the sparse form must be at least 10% faster to be chosen
+GIVE_UP = 1.5  # a sparse warm-up step this much slower than dense ends the measurement
+
+
 def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
     """ "dense" or "sparse": the faster training step of the masked `layer` for inputs of
-    `input_shape` (see the module doc)."""
+    `input_shape` (see the module doc). The sparse form must beat dense by `SPARSE_MARGIN`
+    (a near tie stays dense: switching must pay beyond timing noise), and its measurement stops
+    after the warm-up step when that alone is `GIVE_UP` times slower than dense (the common
+    case for convolutions at moderate density, so choosing costs little there).
+
+    Measurements are reused: the dense time does not depend on the density, and the sparse
+    step only gets cheaper as the density falls, so a layer whose sparse form won at some
+    density takes it at every lower one, and one whose sparse form lost keeps dense at every
+    higher one (IMP's levels only lower the density)."""
     weight = layer.weight
-    key = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
-           round(layer.density, 3), tuple(input_shape))  # fmt: skip
-    if key not in _decisions:
-        sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
-        x = torch.randn(input_shape, device=weight.device, dtype=weight.dtype)
-        t_dense, t_sparse = _step_time(layer, x), _step_time(sparse, x)
-        _decisions[key] = "sparse" if t_sparse < t_dense else "dense"
-    return _decisions[key]
+    config = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
+              tuple(input_shape))  # fmt: skip
+    density = round(layer.density, 3)
+    known = _decisions.setdefault(config, {"won": -1.0, "lost": 2.0, "dense": None})
+    if density <= known["won"]:
+        return "sparse"
+    if density >= known["lost"]:
+        return "dense"
+    x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
+    if known["dense"] is None:
+        known["dense"] = _step_time(layer, x)
+    t_dense = known["dense"]
+    sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
+    t_sparse = _step_time(sparse, x, give_up=GIVE_UP * t_dense)
+    if t_sparse < SPARSE_MARGIN * t_dense:
+        known["won"] = max(known["won"], density)
+        return "sparse"
+    known["lost"] = min(known["lost"], density)
+    return "dense"
 
 
-def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3) -> float:
-    """Best of `reps` timings of forward + backward (input and parameter gradients)."""
+def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
+               give_up: float = float("inf")) -> float:  # fmt: skip
+    """Best of `reps` timings of forward + backward (input and parameter gradients); only the
+    warm-up's time when that exceeds `give_up` seconds."""
     x = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     out = layer(x)
-    grad = torch.randn_like(out)
+    grad = torch.full_like(out, 0.01)  # values do not change the time; randn would cost more
 
     def step():
         torch.autograd.grad(layer(x), [x, *params], grad)
 
-    step()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
+    def timed() -> float:
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         step()
         if x.is_cuda:
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+        return time.perf_counter() - start
+
+    best = timed()  # warm-up
+    if best > give_up:
+        return best
+    return min(timed() for _ in range(reps))
 
 
 __all__ = ["set_execution", "choose", "MODES"]

@@ -303,17 +303,65 @@ def test_auto_converts_to_the_measured_faster_form(monkeypatch):
     monkeypatch.setattr(
         execution,
         "_step_time",
-        lambda layer, x: 1.0 if isinstance(layer, sl.nn.MaskedLinear) else 2.0,
+        lambda layer, x, **kw: 1.0 if isinstance(layer, sl.nn.MaskedLinear) else 2.0,
     )
     assert sl.set_execution(_model(), "auto", batch=8) == {"0": "dense", "2": "dense"}
     execution._decisions.clear()
     monkeypatch.setattr(
         execution,
         "_step_time",
-        lambda layer, x: 2.0 if isinstance(layer, sl.nn.MaskedLinear) else 1.0,
+        lambda layer, x, **kw: 2.0 if isinstance(layer, sl.nn.MaskedLinear) else 1.0,
     )
     assert sl.set_execution(_model(), "auto", batch=8) == {"0": "sparse", "2": "sparse"}
     execution._decisions.clear()
+    # A near tie (sparse 5% faster, within timing noise) stays dense.
+    monkeypatch.setattr(
+        execution,
+        "_step_time",
+        lambda layer, x, **kw: 1.0 if isinstance(layer, sl.nn.MaskedLinear) else 0.95,
+    )
+    assert sl.set_execution(_model(), "auto", batch=8) == {"0": "dense", "2": "dense"}
+    execution._decisions.clear()
+
+
+def test_auto_reuses_measurements_across_densities(monkeypatch):
+    from sparse_lottery import execution
+
+    execution._decisions.clear()
+    layer = sl.nn.MaskedLinear(64, 32)
+    times = {"dense": 1.0, "sparse": 0.5}
+    timed = []
+
+    def fake(module, x, **kw):
+        form = "dense" if isinstance(module, sl.nn.MaskedLinear) else "sparse"
+        timed.append(form)
+        return times[form]
+
+    monkeypatch.setattr(execution, "_step_time", fake)
+    layer.set_mask(torch.rand(32, 64) < 0.3)
+    assert execution.choose(layer, (8, 64)) == "sparse" and timed == ["dense", "sparse"]
+    layer.set_mask(torch.rand(32, 64) < 0.1)  # sparser than a density where sparse won
+    assert execution.choose(layer, (8, 64)) == "sparse" and len(timed) == 2
+    times["sparse"] = 2.0
+    layer.set_mask(torch.rand(32, 64) < 0.6)  # denser: measured again (dense time reused)
+    assert execution.choose(layer, (8, 64)) == "dense" and timed[2:] == ["sparse"]
+    layer.set_mask(torch.rand(32, 64) < 0.9)  # denser than where sparse lost: no measurement
+    assert execution.choose(layer, (8, 64)) == "dense" and len(timed) == 3
+    execution._decisions.clear()
+
+
+def test_step_time_gives_up_after_a_slow_warm_up():
+    from sparse_lottery import execution
+
+    calls = []
+    layer = torch.nn.Linear(8, 8)
+    real_forward = layer.forward
+    layer.forward = lambda x: calls.append(1) or real_forward(x)
+    execution._step_time(layer, torch.randn(4, 8), reps=3, give_up=0.0)
+    assert len(calls) == 2  # the shape probe and the warm-up step, no timed repetitions
+    calls.clear()
+    execution._step_time(layer, torch.randn(4, 8), reps=3)
+    assert len(calls) == 5
 
 
 def test_set_execution_errors():
