@@ -39,13 +39,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def agree(flag: bool) -> bool:
-    """True on every rank if it is True on rank 0 (a decision taken by rank 0's clock)."""
+def from_main(obj):
+    """Rank 0's `obj` on every rank (a decision taken by rank 0's clock or measurements)."""
     if not dist.is_initialized():
-        return flag
-    box = [flag]
+        return obj
+    box = [obj]
     dist.broadcast_object_list(box, src=0)
-    return bool(box[0])
+    return box[0]
 
 
 def local_device(requested: str | None) -> torch.device:

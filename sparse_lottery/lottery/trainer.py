@@ -158,8 +158,10 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     if resume and plan_path.exists():
         plan = json.loads(plan_path.read_text())
         set_execution(model, plan)
-    else:
-        plan = set_execution(model, runtime.execution, example=x0)
+    else:  # rank 0 measures and decides; every rank runs the same forms
+        plan = set_execution(model, runtime.execution, example=x0) if main else None
+        plan = distributed.from_main(plan)
+        set_execution(model, plan)
         if main:
             checkpoint.atomic_write_json(plan_path, plan)
     opt = make_optimizer(model, exp)
@@ -222,7 +224,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
             else (time.perf_counter() - last_ckpt >= ckpt_seconds)
         )
         if ckpt_seconds and distributed.world()[1] > 1:  # every rank must agree to checkpoint
-            due = distributed.agree(due)
+            due = bool(distributed.from_main(due))
         if due and step < seg.end:
             last_ckpt = time.perf_counter()
             if main:
