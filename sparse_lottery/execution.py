@@ -164,22 +164,20 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
 
 
 def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
-               give_up: float = float("inf")) -> float:  # fmt: skip
-    """Best of `reps` timings of forward + backward (input and parameter gradients); only the
-    warm-up's time when that exceeds `give_up` seconds."""
+               give_up: float = float("inf"), min_seconds: float = 0.02) -> float:  # fmt: skip
+    """Best timing of forward + backward (input and parameter gradients) over at least `reps`
+    repetitions and `min_seconds` of them (a small layer's single steps are noisy), at most 50;
+    only the warm-up's time when that exceeds `give_up` seconds."""
     x = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     out = layer(x)
     grad = torch.full_like(out, 0.01)  # values do not change the time; randn would cost more
 
-    def step():
-        torch.autograd.grad(layer(x), [x, *params], grad)
-
     def timed() -> float:
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        step()
+        torch.autograd.grad(layer(x), [x, *params], grad)
         if x.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -187,7 +185,10 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
     best = timed()  # warm-up
     if best > give_up:
         return best
-    return min(timed() for _ in range(reps))
+    times = [timed() for _ in range(reps)]
+    while sum(times) < min_seconds and len(times) < 50:
+        times.append(timed())
+    return min(times)
 
 
 __all__ = ["set_execution", "choose", "MODES"]

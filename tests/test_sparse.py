@@ -360,8 +360,11 @@ def test_step_time_gives_up_after_a_slow_warm_up():
     execution._step_time(layer, torch.randn(4, 8), reps=3, give_up=0.0)
     assert len(calls) == 2  # the shape probe and the warm-up step, no timed repetitions
     calls.clear()
-    execution._step_time(layer, torch.randn(4, 8), reps=3)
+    execution._step_time(layer, torch.randn(4, 8), reps=3, min_seconds=0.0)
     assert len(calls) == 5
+    calls.clear()
+    execution._step_time(layer, torch.randn(4, 8), reps=3, min_seconds=10.0)
+    assert len(calls) == 52  # probe, warm-up, then repetitions up to the cap of 50
 
 
 def test_set_execution_errors():
