@@ -25,34 +25,26 @@ FASHIONMNIST_MEAN, FASHIONMNIST_STD = (0.2860,), (0.3530,)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
+
 # name -> (torchvision class name, files torchvision reads under data_dir, classes, mean, std)
+def _idx_files(folder: str) -> list[str]:
+    """The four IDX files torchvision's MNIST-style datasets read from `<folder>/raw/`."""
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")  # fmt: skip
+    return [f"{folder}/raw/{name}" for name in names]
+
+
 _SETS = {
     "mnist": (
         "MNIST",
-        [
-            f"MNIST/raw/{f}"
-            for f in (
-                "train-images-idx3-ubyte",
-                "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte",
-            )
-        ],
+        _idx_files("MNIST"),
         10,
         MNIST_MEAN,
         MNIST_STD,
     ),
     "fashionmnist": (
         "FashionMNIST",
-        [
-            f"FashionMNIST/raw/{f}"
-            for f in (
-                "train-images-idx3-ubyte",
-                "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte",
-            )
-        ],
+        _idx_files("FashionMNIST"),
         10,
         FASHIONMNIST_MEAN,
         FASHIONMNIST_STD,

@@ -103,6 +103,21 @@ def _session(args: argparse.Namespace):
     return exp, runtime
 
 
+def _on_experiment(args: argparse.Namespace, work):
+    """`work(exp, runtime)` inside the process group; (exp, runtime, its result) on rank 0,
+    None on other ranks and after --list."""
+    session = _session(args)
+    if session is None:
+        return None
+    exp, runtime = session
+    try:
+        result = work(exp, runtime)
+        main = distributed.is_main()  # before the group is gone
+    finally:
+        distributed.teardown()
+    return (exp, runtime, result) if main else None
+
+
 # --------------------------------------------------------------------------- commands
 def imp_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", type=int, default=10,
@@ -114,22 +129,17 @@ def imp_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def imp(args: argparse.Namespace) -> int:
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     bad = [b for b in baselines if b not in BRANCHES[:2]]
     if bad:
         raise SystemExit(f"--baselines: expected names from {list(BRANCHES[:2])}, got {bad}")
-    try:
-        rows = run_imp(exp, runtime, args.levels, args.replicate, baselines)
-    finally:
-        distributed.teardown()
-    if distributed.is_main():
+    done = _on_experiment(
+        args, lambda exp, rt: run_imp(exp, rt, args.levels, args.replicate, baselines)
+    )
+    if done is not None:
+        exp, runtime, rows = done
         print(format_table(rows, baselines))
-        run_dir = Path(runtime.root) / f"lottery_{exp.hash()}"
-        print(f"results: {run_dir}")
+        print(f"results: {Path(runtime.root) / f'lottery_{exp.hash()}'}")
     return 0
 
 
@@ -153,15 +163,9 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """The dense network: level 0 of the experiment (an `imp` with the same flags reuses it)."""
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
-    try:
-        summary = Run(exp, runtime, args.replicate).level(0)
-    finally:
-        distributed.teardown()
-    if distributed.is_main():
+    done = _on_experiment(args, lambda exp, rt: Run(exp, rt, args.replicate).level(0))
+    if done is not None:
+        summary = done[2]
         print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['end_step']} it "
               f"({summary['seconds']:.1f} s)")  # fmt: skip
     return 0
@@ -195,21 +199,19 @@ def parse_training_overrides(text: str, base: TrainingHparams) -> TrainingHparam
 
 
 def branch(args: argparse.Namespace) -> int:
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
-    training = None
-    if args.kind == "retrain":
-        if not args.retrain:
-            raise SystemExit("--retrain: the retrain branch needs the hyperparameters to change")
-        training = parse_training_overrides(args.retrain, exp.training)
-    try:
-        summary = Run(exp, runtime, args.replicate).branch(args.level, args.kind, training,
-                                                            args.branch_seed)  # fmt: skip
-    finally:
-        distributed.teardown()
-    if distributed.is_main():
+    if args.kind == "retrain" and not args.retrain and not args.list:
+        raise SystemExit("--retrain: the retrain branch needs the hyperparameters to change")
+
+    def work(exp, runtime):
+        training = None
+        if args.kind == "retrain":
+            training = parse_training_overrides(args.retrain, exp.training)
+        return Run(exp, runtime, args.replicate).branch(args.level, args.kind, training,
+                                                        args.branch_seed)  # fmt: skip
+
+    done = _on_experiment(args, work)
+    if done is not None:
+        summary = done[2]
         print(f"{args.kind} at level {args.level}: density {summary['density']:.4f}, "
               f"test accuracy {summary['test_accuracy']:.4f}")  # fmt: skip
     return 0
