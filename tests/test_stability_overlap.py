@@ -220,3 +220,18 @@ def test_overlap_cli_writes_heat_map_and_tables(finished):
     assert iou(masks["L1"], masks["L1/random_prune"]) < 1.0
     with pytest.raises(SystemExit, match="root"):
         main(["-q", "overlap", str(root / "nothing")])
+
+
+def test_cli_help_documents_every_flag(capsys):
+    for command, flags in (
+        ("stability", ["--level", "--k", "--alphas", "--threshold", "--tolerance",
+                       "--seed-offset", "--norm-batches", "--root", "--steps"]),
+        ("overlap", ["root", "--out", "--branches", "--include-dense"]),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert all(flag in text for flag in flags), command
+    with pytest.raises(SystemExit, match="--level"):
+        main(["stability", "--k", "0"])

@@ -125,7 +125,11 @@ def overlap_matrix(
     names = list(named_masks)
     first = named_masks[names[0]]
     for name in names:
-        _check_pair(first, named_masks[name])
+        try:
+            _check_pair(first, named_masks[name])
+        except (TypeError, KeyError, ValueError) as e:
+            where = f"named_masks[{name!r}] (m2) against named_masks[{names[0]!r}] (m1)"
+            raise type(e)(f"{where}: {e.args[0]}") from e
     keys = sorted(first)
     total = sum(first[k].numel() for k in keys)
     n = len(names)
