@@ -3,7 +3,8 @@
 - `stability`: `instability(run, level, k_list)` trains two copies of a level's subnetwork
   from the rewind point θk that differ only in SGD noise and measures the error barrier on the
   linear path between them (Frankle et al. 2020; RESEARCH.md §2).
-- `overlap`: IoU and Hamming distance between masks, `collect_masks(root)` and heat maps.
+- `overlap`: IoU and Hamming distance between masks, `collect_masks(root)`; `overlap_report`:
+  heat maps and tables.
 
 CLI: `sparse-lottery stability --level L --k 0,100` and `sparse-lottery overlap [root]`.
 
@@ -16,7 +17,8 @@ Example:
     1.0
 """
 
-from .overlap import collect_masks, hamming, iou, overlap_matrix, plot_overlap, write_overlap
+from .overlap import collect_masks, hamming, iou, overlap_matrix
+from .overlap_report import plot_overlap, write_overlap
 from .stability import barrier, error_path, instability, interpolate, recompute_norm_stats
 
 __all__ = [

@@ -116,7 +116,7 @@ def overlap_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def overlap(args: argparse.Namespace) -> int:
-    from .overlap import write_overlap
+    from .overlap_report import write_overlap
 
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
     try:

@@ -21,6 +21,9 @@ the same for every α and k) are forwarded in train mode with `momentum=None` (a
 average), without gradients. Models without running-statistics norm layers skip this, and then
 E_0 and E_1 are exactly the copies' own test errors.
 
+The pure parts (`interpolate`, `barrier`, `recompute_norm_stats`, `masked_distance`) are in
+`interpolation.py`, the table and plot in `stability_report.py`; all are importable from here.
+
 Files, under the level's folder (every step is skipped when its file exists; a killed training
 resumes from its checkpoint):
 
@@ -40,12 +43,9 @@ Example:
     [(0, 0.081, False), (100, 0.004, True)]
 """
 
-import contextlib
 import json
 import logging
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -55,142 +55,12 @@ from ..lottery.hparams import Experiment, parse_duration
 from ..lottery.runner import Run
 from ..lottery.trainer import Segment, _autocast, evaluate, train_segment
 from ..model import load_masks
+from .interpolation import barrier, interpolate, masked_distance, recompute_norm_stats
+from .stability_report import format_table, plot_paths, write_results
 
 log = logging.getLogger("sparse_lottery")
 
 COPIES = ("a", "b")
-
-
-# --------------------------------------------------------------------------- pure helpers
-def interpolate(
-    state1: Mapping[str, torch.Tensor], state2: Mapping[str, torch.Tensor], alpha: float
-) -> dict[str, torch.Tensor]:
-    """The state dict α·state1 + (1−α)·state2 (floating tensors); other tensors (packed masks,
-    counters) must be equal in both and are copied. α = 1 returns state1's values and α = 0
-    state2's, exactly.
-
-    Example:
-        >>> a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 6.0])}
-        >>> interpolate(a, b, 0.25)["w"]
-        tensor([2.5000, 5.0000])
-        >>> torch.equal(interpolate(a, b, 1.0)["w"], a["w"])
-        True
-    """
-    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
-        raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
-    if set(state1) != set(state2):
-        raise KeyError(
-            f"state2: expected the keys of state1, got {len(set(state2) ^ set(state1))} different "
-            f"(missing {sorted(set(state1) - set(state2))[:5]}, "
-            f"extra {sorted(set(state2) - set(state1))[:5]})"
-        )
-    out = {}
-    for key, a in state1.items():
-        b = state2[key]
-        if a.shape != b.shape or a.dtype != b.dtype:
-            raise ValueError(
-                f"state2[{key!r}]: expected {a.dtype} of shape {list(a.shape)} as in state1, "
-                f"got {b.dtype} of shape {list(b.shape)}"
-            )
-        if not a.is_floating_point():
-            if not torch.equal(a, b.to(a.device)):
-                raise ValueError(
-                    f"state2[{key!r}]: a {a.dtype} tensor (mask or counter) that differs from "
-                    f"state1's; only networks with the same masks can be interpolated"
-                )
-            out[key] = a.clone()
-        elif alpha == 1.0:
-            out[key] = a.clone()
-        elif alpha == 0.0:
-            out[key] = b.clone()
-        else:
-            out[key] = alpha * a + (1.0 - alpha) * b.to(a.device)
-    return out
-
-
-def barrier(errors: Sequence[float]) -> float:
-    """Error barrier of a linear path: max_α E_α − ½(E_0 + E_1), where `errors` runs from one
-    endpoint to the other (rounded to 12 decimals, so a flat path gives exactly 0).
-
-    Example:
-        >>> barrier([0.10, 0.30, 0.12])
-        0.19
-        >>> barrier([0.1, 0.1, 0.1])
-        0.0
-    """
-    values = [float(e) for e in errors]
-    if len(values) < 2 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"errors: expected at least 2 finite values, got {list(errors)!r:.120}")
-    return round(max(values) - 0.5 * (values[0] + values[-1]), 12)
-
-
-def _norm_layers(model: nn.Module) -> list[nn.Module]:
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-
-
-@torch.no_grad()
-def recompute_norm_stats(model: nn.Module, batches: Iterable[torch.Tensor], autocast=None) -> bool:
-    """Reset the running statistics of `model`'s BatchNorm layers and recompute them as the
-    plain average over `batches` (inputs only; train mode, `momentum=None`, no gradients).
-    Returns False, changing nothing, for a model without such layers. The model's mode and the
-    layers' momenta are restored.
-
-    Example:
-        >>> model = torch.nn.Sequential(torch.nn.BatchNorm1d(2))
-        >>> recompute_norm_stats(model, [torch.zeros(4, 2), 2 * torch.ones(4, 2)])
-        True
-        >>> model[0].running_mean
-        tensor([1., 1.])
-    """
-    norms = _norm_layers(model)
-    if not norms:
-        return False
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    seen = 0
-    try:
-        for x in batches:
-            with (autocast or contextlib.nullcontext)():
-                model(x)
-            seen += 1
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    if not seen:
-        raise ValueError("batches: expected at least one batch to recompute norm statistics")
-    return True
-
-
-def masked_distance(
-    state1: Mapping[str, torch.Tensor],
-    state2: Mapping[str, torch.Tensor],
-    masks: Mapping[str, torch.Tensor],
-    keys: Iterable[str],
-) -> float:
-    """L2 distance between two weight sets over `keys` (the parameters), masked weights counted
-    only where their mask keeps them.
-
-    Example:
-        >>> a, b = {"w": torch.tensor([0.0, 0.0])}, {"w": torch.tensor([3.0, 4.0])}
-        >>> masked_distance(a, b, {}, ["w"]), masked_distance(a, b, {"w": torch.tensor([1, 0]).bool()}, ["w"])
-        (5.0, 3.0)
-    """  # noqa: E501
-    total = 0.0
-    for key in keys:
-        diff = state1[key].double() - state2[key].double().to(state1[key].device)
-        if key in masks:
-            diff = diff * masks[key].to(diff.device)
-        total += float((diff * diff).sum())
-    return math.sqrt(total)
 
 
 # --------------------------------------------------------------------------- run steps
@@ -386,95 +256,6 @@ def instability(
     if write and distributed.is_main():
         write_results(rows, folder)
     return rows
-
-
-# --------------------------------------------------------------------------- report
-def format_table(rows: Sequence[dict]) -> str:
-    """Markdown: one line per (level, k) with barrier, stable, accuracies, matching, distance.
-
-    Example:
-        >>> row = {"level": 1, "k": 0, "density": 0.8, "barrier": 0.031, "stable": False,
-        ...        "mean_accuracy": 0.9, "dense_accuracy": 0.91, "matching": False,
-        ...        "l2_distance": 4.2, "errors": [0.1, 0.13, 0.1]}
-        >>> print(format_table([row]))
-        | level | k | density | barrier | stable | E(W1) | E(W2) | copies acc | dense acc | matching | L2(W1, W2) |
-        |---|---|---|---|---|---|---|---|---|---|---|
-        | 1 | 0 | 0.8000 | 0.0310 | no | 0.1000 | 0.1000 | 0.9000 | 0.9100 | no | 4.200 |
-    """  # noqa: E501
-    head = [
-        "level",
-        "k",
-        "density",
-        "barrier",
-        "stable",
-        "E(W1)",
-        "E(W2)",
-        "copies acc",
-        "dense acc",
-        "matching",
-        "L2(W1, W2)",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [
-            str(r["level"]),
-            str(r["k"]),
-            f"{r['density']:.4f}",
-            f"{r['barrier']:.4f}",
-            "yes" if r["stable"] else "no",
-            f"{r['errors'][-1]:.4f}",
-            f"{r['errors'][0]:.4f}",
-            f"{r['mean_accuracy']:.4f}",
-            f"{r['dense_accuracy']:.4f}",
-            "yes" if r["matching"] else "no",
-            f"{r['l2_distance']:.3f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_paths(rows: Sequence[dict], path: Path) -> Path | None:
-    """Test error along the path (α on x), one line per k, as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        ax.plot(
-            r["alphas"],
-            [100 * e for e in r["errors"]],
-            marker=".",
-            label=f"k={r['k']} (barrier {100 * r['barrier']:.2f}%)",
-        )
-    levels = sorted({r["level"] for r in rows})
-    ax.set(
-        xlabel="α  (0: W2, 1: W1)",
-        ylabel="test error (%)",
-        title=f"linear interpolation, level {', '.join(map(str, levels))}",
-    )
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_results(rows: Sequence[dict], folder: Path) -> list[Path]:
-    """stability.json (the rows), stability.md (the table) and stability.png into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(folder / "stability.json", {"results": list(rows)})
-    (folder / "stability.md").write_text(
-        "# Instability\n\n" + format_table(rows) + "\n\n![error along the path](stability.png)\n"
-    )
-    written = [folder / "stability.json", folder / "stability.md"]
-    png = plot_paths(rows, folder / "stability.png")
-    return written + ([png] if png else [])
 
 
 __all__ = [
