@@ -21,6 +21,7 @@ from sparse_lottery.analysis import (
     overlap_matrix,
     recompute_norm_stats,
 )
+from sparse_lottery.analysis.stability import rewind_weights
 from sparse_lottery.lottery import Run
 from sparse_lottery.lottery.cli import experiment_from_args
 from sparse_lottery.lottery.report import collect
@@ -235,3 +236,18 @@ def test_cli_help_documents_every_flag(capsys):
         assert all(flag in text for flag in flags), command
     with pytest.raises(SystemExit, match="--level"):
         main(["stability", "--k", "0"])
+
+
+def test_rewind_point_trained_from_init_is_level_0s_weights_at_k(tmp_path, data_dir):
+    argv = ["stability", "--rewind", "step", "--rewind-step", "5it", *_flags(tmp_path, data_dir)]
+    exp, runtime = experiment_from_args(build_parser().parse_args(argv))
+    run = Run(exp, runtime, 0)
+    run.level(0)  # saves θ5 as rewind.ckpt on its way
+    model = run.build(0)
+    saved = rewind_weights(run, 5, model)  # read from rewind.ckpt
+    assert not (run.level_dir(0) / "rewind_5it").exists()
+    (run.dir / "rewind.ckpt").rename(run.dir / "elsewhere.ckpt")
+    trained = rewind_weights(run, 5, model)  # trained from θ0 for 5 iterations
+    assert (run.level_dir(0) / "rewind_5it" / "final.ckpt").exists()
+    assert saved.keys() == trained.keys()
+    assert all(torch.equal(saved[k], trained[k]) for k in saved), "θ5 differs from level 0's"
