@@ -8,6 +8,8 @@ Example:
     $ python -m sparse_lottery quickstart --epochs 5 --sparsity 0.9 --seed 0
     $ python -m sparse_lottery imp --levels 5 --baselines reinit
     $ python -m sparse_lottery report runs
+    $ python -m sparse_lottery stability --level 3 --k 0,100
+    $ python -m sparse_lottery overlap runs
 """
 
 import argparse
@@ -65,6 +67,27 @@ def _lottery(name: str) -> Command:
     return Command(_LOTTERY_HELP[name], add_arguments, run)
 
 
+def _analysis(name: str) -> Command:
+    """A command of `sparse_lottery.analysis.cli` (imported only when it is used)."""
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from .analysis import cli
+
+        getattr(cli, f"{name}_arguments")(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from .analysis import cli
+
+        return getattr(cli, name)(args)
+
+    return Command(_ANALYSIS_HELP[name], add_arguments, run)
+
+
+_ANALYSIS_HELP = {
+    "stability": "instability (linear mode connectivity) of a level at rewind points k",
+    "overlap": "IoU / Hamming heat map and tables of the masks under a run folder",
+}
+
 _LOTTERY_HELP = {
     "train": "train the dense network (level 0 of an experiment)",
     "imp": "iterative magnitude pruning: levels, rewinding, baselines; resumable",
@@ -75,6 +98,7 @@ _LOTTERY_HELP = {
 
 COMMANDS: dict[str, Command] = {
     **{name: _lottery(name) for name in _LOTTERY_HELP},
+    **{name: _analysis(name) for name in _ANALYSIS_HELP},
     "quickstart": Command(
         "one lottery-ticket round on MNIST-1D (dense vs sparse accuracy)",
         _quickstart_arguments,

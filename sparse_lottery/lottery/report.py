@@ -27,6 +27,8 @@ def collect(root: str | Path) -> list[dict]:
         rows = []
         for summary_path in sorted(folder.glob("replicate_*/level_*/**/summary.json")):
             rel = summary_path.relative_to(folder).parts
+            if len(rel) > 4 or (len(rel) == 4 and not rel[2].startswith("branch_")):
+                continue  # an analysis's training (stability copies, rewind points)
             replicate = int(rel[0].removeprefix("replicate_"))
             level = int(rel[1].removeprefix("level_"))
             method = "ticket" if len(rel) == 3 else rel[2].removeprefix("branch_").rsplit("_", 1)[0]
