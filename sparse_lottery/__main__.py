@@ -8,6 +8,7 @@ Example:
     $ python -m sparse_lottery quickstart --epochs 5 --sparsity 0.9 --seed 0
     $ python -m sparse_lottery imp --levels 5 --baselines reinit
     $ python -m sparse_lottery report runs
+    $ python -m sparse_lottery sanity --levels 5 --lrs 0.002,0.02
 """
 
 import argparse
@@ -73,8 +74,26 @@ _LOTTERY_HELP = {
     "bench": "run the kernel and IMP benchmarks (source checkout)",
 }
 
+
+def _sanity_arguments(parser: argparse.ArgumentParser) -> None:
+    from .analysis.cli_sanity import sanity_arguments
+
+    sanity_arguments(parser)
+
+
+def _sanity(args: argparse.Namespace) -> int:
+    from .analysis.cli_sanity import sanity
+
+    return sanity(args)
+
+
 COMMANDS: dict[str, Command] = {
     **{name: _lottery(name) for name in _LOTTERY_HELP},
+    "sanity": Command(
+        "sanity checks (Ma et al. 2021): LT vs RR, random pruning, OMP, small dense per lr",
+        _sanity_arguments,
+        _sanity,
+    ),
     "quickstart": Command(
         "one lottery-ticket round on MNIST-1D (dense vs sparse accuracy)",
         _quickstart_arguments,
