@@ -4,6 +4,7 @@ helpers of the sanity runner, and a tiny end-to-end `sanity` CLI run on MNIST-1D
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -353,3 +354,26 @@ def test_cli_sanity_help_and_list(capsys):
     assert "usage:" in out and "--lrs" in out and "--min-sparsity" in out and "--lr " in out
     assert main(["sanity", "--list"]) == 0
     assert "mnist1d_mlp" in capsys.readouterr().out
+
+
+def test_sanity_checks_api_two_levels_omp_reaches_the_ticket_density(tmp_path, data_dir):
+    exp = apply_preset("mnist1d_mlp", {"training": {"steps": "10it"}})
+    runtime = Runtime(root=str(tmp_path), data_dir=str(data_dir), device="cpu",
+                      eval_every="10it", progress=False)  # fmt: skip
+    result = sanity.sanity_checks(exp, runtime, [0.01], 2, gap=0.1, ps=(0.5,))
+    assert [row["level"] for row in result["densities"]] == [1, 2]
+    assert [round(row["density"], 3) for row in result["densities"]] == [0.8, 0.64]
+    for row in result["densities"]:
+        assert row["omp_density"] == pytest.approx(row["density"], abs=1e-4)
+        assert row["small_dense_parameters"] == pytest.approx(row["ticket_parameters"], rel=0.02)
+        assert row["verdict"]["thresholds"]["gap"] == 0.1
+    assert set(result["correlation"][0.01]) == {0, 1, 2}
+    assert (tmp_path / Path(result["folder"]).name / "sanity.json").exists()
+    # OMP of level 2 is its own experiment (one 36% step), level 1 the IMP run itself.
+    assert len(list(tmp_path.glob("lottery_*"))) == 2
+    with pytest.raises(ValueError, match="model: small-dense training is implemented for"):
+        sanity.sanity_checks(apply_preset("resnet20_cifar10"), runtime, [0.1], 1)
+    with pytest.raises(ValueError, match=r"lrs: expected distinct learning rates"):
+        sanity.sanity_checks(exp, runtime, [0.1, 0.1], 1)
+    with pytest.raises(ValueError, match="levels: expected a positive int, got 0"):
+        sanity.sanity_checks(exp, runtime, [0.1], 0)

@@ -521,6 +521,14 @@ _LABELS = {
     "omp": "OMP",
 }
 
+_STYLE = {
+    "small_dense": ("D", "-"),
+    "lt": ("o", "-"),
+    "rr": ("v", "-"),
+    "random_prune": ("x", ":"),
+    "omp": ("s", "--"),
+}
+
 
 def format_markdown(result: dict) -> str:
     """The results as Markdown: one line per (density, lr) with the accuracy of each method
@@ -597,8 +605,9 @@ def plot(result: dict, path: Path) -> Path | None:
                    if lr in r["accuracy"].get(method, {})]  # fmt: skip
             if method in ("lt", "omp", "random_prune"):
                 pts = [(1.0, dense), *pts]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=_LABELS[method])
+            if pts:  # distinct markers and dashes: coinciding methods stay visible
+                marker, dashes = _STYLE[method]
+                ax.plot(*zip(*pts), marker=marker, linestyle=dashes, label=_LABELS[method])
         ax.axhline(dense, color="k", linestyle=":", linewidth=1, label="dense")
         ax.set(xscale="log", xlabel="density (log)", title=f"lr {_key(lr)}")
         ax.invert_xaxis()
