@@ -84,10 +84,10 @@ def sanity(args: argparse.Namespace) -> int:
     if session is None:
         return 0
     exp, runtime = session
-    lrs = parse_lrs(args.lrs, exp.training.lr)
-    if args.levels < 1:
-        raise SystemExit(f"--levels: expected a positive int, got {args.levels}")
     try:
+        lrs = parse_lrs(args.lrs, exp.training.lr)
+        if args.levels < 1:
+            raise SystemExit(f"--levels: expected a positive int, got {args.levels}")
         result = sanity_checks(
             exp,
             runtime,
@@ -99,9 +99,10 @@ def sanity(args: argparse.Namespace) -> int:
             gap=args.gap,
             metric=args.metric,
         )
+        main = distributed.is_main()  # asked before the process group is gone
     finally:
         distributed.teardown()
-    if distributed.is_main():
+    if main:
         print(format_markdown(result))
         print(f"results: {result['folder']}")
     return 0
