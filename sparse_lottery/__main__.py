@@ -10,6 +10,7 @@ Example:
     $ python -m sparse_lottery report runs
     $ python -m sparse_lottery stability --level 3 --k 0,100
     $ python -m sparse_lottery overlap runs
+    $ python -m sparse_lottery sanity --levels 5 --lrs 0.002,0.02
 """
 
 import argparse
@@ -84,6 +85,7 @@ def _analysis(name: str) -> Command:
 
 
 _ANALYSIS_HELP = {
+    "sanity": "sanity checks (Ma et al. 2021): LT vs RR, random pruning, OMP, small dense per lr",
     "stability": "instability (linear mode connectivity) of a level at rewind points k",
     "overlap": "IoU / Hamming heat map and tables of the masks under a run folder",
 }
@@ -95,6 +97,7 @@ _LOTTERY_HELP = {
     "report": "Markdown + HTML report with plots of every experiment under a folder",
     "bench": "run the kernel and IMP benchmarks (source checkout)",
 }
+
 
 COMMANDS: dict[str, Command] = {
     **{name: _lottery(name) for name in _LOTTERY_HELP},

@@ -1,24 +1,32 @@
-"""Analyses of finished IMP runs: instability (linear mode connectivity) and mask overlap.
+"""Analyses of lottery-ticket runs (RESEARCH.md §2–5):
 
 - `stability`: `instability(run, level, k_list)` trains two copies of a level's subnetwork
   from the rewind point θk that differ only in SGD noise and measures the error barrier on the
-  linear path between them (Frankle et al. 2020; RESEARCH.md §2).
+  linear path between them (Frankle et al. 2020).
 - `overlap`: IoU and Hamming distance between masks, `collect_masks(root)`; `overlap_report`:
   heat maps and tables.
+- `correlation`: the weight-correlation indicator R_p (Liu et al. 2021).
+- `sanity`: the sanity checks of Ma et al. (2021) and their verdicts.
 
-CLI: `sparse-lottery stability --level L --k 0,100` and `sparse-lottery overlap [root]`.
+CLI: `sparse-lottery stability --level L --k 0,100`, `sparse-lottery overlap [root]`,
+`sparse-lottery sanity --lrs 0.01,0.1`.
 
 Example:
     >>> import torch
-    >>> from sparse_lottery.analysis import barrier, interpolate, iou
+    >>> from sparse_lottery.analysis import barrier, iou, r_p
     >>> barrier([0.1, 0.1])
     0.0
     >>> iou({"w": torch.ones(3, dtype=torch.bool)}, {"w": torch.ones(3, dtype=torch.bool)})
     1.0
+    >>> w = {"fc.weight": torch.arange(10.0)}
+    >>> r_p(w, w, 0.2)
+    1.0
 """
 
+from .correlation import level_correlation, r_p, r_p_table, top_p_indices
 from .overlap import collect_masks, hamming, iou, overlap_matrix
 from .overlap_report import plot_overlap, write_overlap
+from .sanity import CONDITIONS, one_shot_experiment, sanity_checks, verdict
 from .stability import barrier, error_path, instability, interpolate, recompute_norm_stats
 
 __all__ = [
@@ -33,4 +41,12 @@ __all__ = [
     "plot_overlap",
     "recompute_norm_stats",
     "write_overlap",
+    "CONDITIONS",
+    "level_correlation",
+    "one_shot_experiment",
+    "r_p",
+    "r_p_table",
+    "sanity_checks",
+    "top_p_indices",
+    "verdict",
 ]
