@@ -1,4 +1,4 @@
-"""The analysis commands of `sparse-lottery`: stability and overlap.
+"""The analysis commands of `sparse-lottery`: stability and overlap (sanity: `cli_sanity`).
 
 Example:
     $ sparse-lottery stability --level 3 --k 0,100 --alphas 30     # same flags as `imp`
