@@ -14,6 +14,7 @@ Example:
 """
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -52,36 +53,14 @@ def _quickstart(args: argparse.Namespace) -> int:
     return main(args)
 
 
-def _lottery(name: str) -> Command:
-    """A command of `sparse_lottery.lottery.cli` (imported only when it is used)."""
+def _lazy(module: str, name: str, help: str) -> Command:
+    """Command `name` of `sparse_lottery.<module>` (functions `<name>_arguments` and `<name>`),
+    imported only when it is used."""
 
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        from .lottery import cli
+    def command(suffix: str):
+        return getattr(importlib.import_module(f"sparse_lottery.{module}"), name + suffix)
 
-        getattr(cli, f"{name}_arguments")(parser)
-
-    def run(args: argparse.Namespace) -> int:
-        from .lottery import cli
-
-        return getattr(cli, name)(args)
-
-    return Command(_LOTTERY_HELP[name], add_arguments, run)
-
-
-def _analysis(name: str) -> Command:
-    """A command of `sparse_lottery.analysis.cli` (imported only when it is used)."""
-
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        from .analysis import cli
-
-        getattr(cli, f"{name}_arguments")(parser)
-
-    def run(args: argparse.Namespace) -> int:
-        from .analysis import cli
-
-        return getattr(cli, name)(args)
-
-    return Command(_ANALYSIS_HELP[name], add_arguments, run)
+    return Command(help, lambda parser: command("_arguments")(parser), lambda a: command("")(a))
 
 
 _ANALYSIS_HELP = {
@@ -100,8 +79,8 @@ _LOTTERY_HELP = {
 
 
 COMMANDS: dict[str, Command] = {
-    **{name: _lottery(name) for name in _LOTTERY_HELP},
-    **{name: _analysis(name) for name in _ANALYSIS_HELP},
+    **{name: _lazy("lottery.cli", name, text) for name, text in _LOTTERY_HELP.items()},
+    **{name: _lazy("analysis.cli", name, text) for name, text in _ANALYSIS_HELP.items()},
     "quickstart": Command(
         "one lottery-ticket round on MNIST-1D (dense vs sparse accuracy)",
         _quickstart_arguments,
