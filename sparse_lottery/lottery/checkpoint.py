@@ -96,8 +96,8 @@ def load(
     for what, want in (("experiment", experiment), ("kind", kind), ("model", model)):
         if want is not None and header.get(what) != want:
             raise CheckpointError(
-                f"{path}: belongs to {what} {header.get(what)!r}, expected {want!r}. It was "
-                f"written by a different run; remove it (or use another --root), never reuse it"
+                f"{path}: belongs to {what} {header.get(what)!r}, expected {want!r}: another "
+                f"{what}'s, written by a different run; remove it (or use another --root)"
             )
     return torch.load(io.BytesIO(body), map_location=map_location, weights_only=True)
 

@@ -97,21 +97,17 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     ax.set(xscale="log", xlabel="density (log)", ylabel="test accuracy",
            title="accuracy vs density")  # fmt: skip
     ax.invert_xaxis()
-    ax.legend()
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "accuracy_vs_density.png"))
+    paths.append(_save(fig, ax, out / "accuracy_vs_density.png"))
 
-    ticket = [r for r in rows if r["method"] == "ticket" and r["replicate"] == min(
-        r["replicate"] for r in rows)]  # fmt: skip
+    first = min(r["replicate"] for r in rows)
+    ticket = [r for r in rows if r["method"] == "ticket" and r["replicate"] == first]
     ticket.sort(key=lambda r: r["level"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for layer in ticket[0]["layer_density"] if ticket else []:
         ax.plot([r["level"] for r in ticket], [r["layer_density"][layer] for r in ticket],
                 marker=".", label=layer or "(root)")  # fmt: skip
     ax.set(yscale="log", xlabel="level", ylabel="density (log)", title="per-layer density")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "layer_density.png"))
+    paths.append(_save(fig, ax, out / "layer_density.png", legend_size=7))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, group in sorted(_by(rows, "method").items()):
@@ -121,21 +117,24 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     ax.set(xscale="log", xlabel="density (log)", ylabel="iteration of min test loss",
            title="early-stopping iteration")  # fmt: skip
     ax.invert_xaxis()
-    ax.legend()
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "early_stop.png"))
+    paths.append(_save(fig, ax, out / "early_stop.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     levels = sorted({r["level"] for r in ticket})
     ax.bar(levels, [statistics.fmean(r["seconds"] for r in ticket if r["level"] == lv)
                     for lv in levels])  # fmt: skip
     ax.set(xlabel="level", ylabel="seconds", title="training time per level (ticket)")
-    ax.grid(alpha=0.3, axis="y")
-    paths.append(_save(fig, out / "time_per_level.png"))
+    paths.append(_save(fig, ax, out / "time_per_level.png", legend_size=None, grid_axis="y"))
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def _save(
+    fig, ax, path: Path, legend_size: int | str | None = "medium", grid_axis: str = "both"
+) -> Path:
+    """Legend (unless `legend_size` is None) and grid on `ax`, then `fig` written to `path`."""
+    if legend_size is not None:
+        ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3, axis=grid_axis)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt

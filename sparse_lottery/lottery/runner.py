@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .. import models
-from ..model import _masked_layers, load_masks, masks, sparsify
+from ..model import _masked_layers, _param_name, density, load_masks, masks, sparsify
 from ..ops import pack_mask, unpack_mask
 from ..pruning import prune
 from . import checkpoint, distributed
@@ -106,9 +106,11 @@ class Run:
             distributed.barrier()
         return self.weights(path, "init", model)
 
-    def save_masks(self, path: Path, model: nn.Module) -> None:
-        packed = {k: pack_mask(m) for k, m in masks(model).items()}
-        shapes = {k: list(m.shape) for k, m in masks(model).items()}
+    def save_masks(self, path: Path, model: nn.Module, bool_masks: dict) -> None:
+        """Write `bool_masks` (the masks of `model`) packed, after checking every rank has the
+        same."""
+        packed = {k: pack_mask(m) for k, m in bool_masks.items()}
+        shapes = {k: list(m.shape) for k, m in bool_masks.items()}
         distributed.check_same(packed, "masks")
         if distributed.is_main():
             checkpoint.save(path, {"packed": packed, "shapes": shapes}, experiment=self.tag,
@@ -128,19 +130,24 @@ class Run:
             return json.loads(done.read_text())
         if level > 0:
             self.level(level - 1)
-        model = self.build(_INIT_SALT + self.seeds["init"])
-        level_masks = self.level_masks(level, model)
-        start, fixed_lr, state = self.start_point(level, model)
+        model, level_masks, start, fixed_lr, state = self._prepare(level)
         model.load_state_dict(state)
         load_masks(model, level_masks)
         rewind_save = None
-        if level == 0 and self.k > 0 and self.exp.pruning.rewind in ("step",):
+        if level == 0 and self.k > 0 and self.exp.pruning.rewind == "step":
             rewind_save = (self.k, self.dir / "rewind.ckpt")
         seg = Segment(directory, self.tag, self.exp, self.seeds, start, self.total, self.total,
                       fixed_lr, rewind_save)  # fmt: skip
-        log.info("level %d: density %.4f, iterations %d..%d", level, _density(model), start,
+        log.info("level %d: density %.4f, iterations %d..%d", level, density(model), start,
                  self.total)  # fmt: skip
         return train_segment(model.to(self.device), seg, self.data, self.runtime, self.device)
+
+    def _prepare(self, level: int) -> tuple[nn.Module, dict, int, float | None, dict]:
+        """A fresh model of the experiment, the level's masks, and its start point (first
+        iteration, fixed learning rate or None, weights): what a level and its branches share."""
+        model = self.build(_INIT_SALT + self.seeds["init"])
+        level_masks = self.level_masks(level, model)
+        return model, level_masks, *self.start_point(level, model)
 
     def level_masks(self, level: int, model: nn.Module) -> dict[str, torch.Tensor]:
         """Level 0: all ones; level L: level L−1's trained weights pruned (saved once)."""
@@ -160,8 +167,9 @@ class Run:
         exclude = [g.strip() for g in p.prune_exclude.split(",") if g.strip()] or None
         prune(model, p.prune_fraction, p.prune_method, exclude=exclude, rates=rates or None,
               generator=gen)  # fmt: skip
-        self.save_masks(path, model)
-        return masks(model)
+        pruned = masks(model)
+        self.save_masks(path, model, pruned)
+        return pruned
 
     def start_point(self, level: int, model: nn.Module) -> tuple[int, float | None, dict]:
         """(first iteration, fixed learning rate or None, weights) of a level."""
@@ -206,9 +214,7 @@ class Run:
         directory = self.level_dir(level) / f"branch_{kind}_{tag}"
         if (directory / "summary.json").exists():
             return json.loads((directory / "summary.json").read_text())
-        model = self.build(_INIT_SALT + self.seeds["init"])
-        level_masks = self.level_masks(level, model)
-        start, fixed_lr, state = self.start_point(level, model)
+        model, level_masks, start, fixed_lr, state = self._prepare(level)
         if kind == "reinit":
             start, fixed_lr = 0, None
             state = self.build(_REINIT_SALT + 1_000_003 * seed + self.seeds["init"]).state_dict()
@@ -228,8 +234,7 @@ class Run:
         """Uniformly random masks with exactly the kept count of each layer of `level_masks`."""
         load_masks(model, {k: torch.ones_like(m) for k, m in level_masks.items()})
         layers = dict(_masked_layers(model))
-        counts = {name: int((~level_masks[f"{name}.weight" if name else "weight"]).sum())
-                  for name in layers}  # fmt: skip
+        counts = {name: int((~level_masks[_param_name(name)]).sum()) for name in layers}
         gen = torch.Generator().manual_seed(_PRUNE_SALT + 7919 * seed + level)
         prune(model, 0, "random_layerwise", rates={_glob(n): c for n, c in counts.items()},
               generator=gen)  # fmt: skip
@@ -239,12 +244,6 @@ class Run:
 def _glob(name: str) -> str:
     """An fnmatch pattern matching exactly `name`."""
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
-
-
-def _density(model: nn.Module) -> float:
-    kept = sum(layer.mask.sum().item() for _, layer in _masked_layers(model))
-    total = sum(layer.weight.numel() for _, layer in _masked_layers(model))
-    return kept / max(total, 1)
 
 
 def run_imp(exp: Experiment, runtime: Runtime, levels: int, replicate: int = 0,

@@ -151,7 +151,6 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     exp, directory = seg.experiment, seg.directory
     main = distributed.is_main()
     signature = checkpoint.model_signature(model)
-    x0, _ = data.minibatch(seg.start, seg.seeds, device)
     plan_path = directory / "execution.json"
     ckpt_path = directory / "checkpoint.ckpt"
     resume = ckpt_path.exists()
@@ -159,7 +158,10 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
         plan = json.loads(plan_path.read_text())
         set_execution(model, plan)
     else:  # rank 0 measures and decides; every rank runs the same forms
-        plan = set_execution(model, runtime.execution, example=x0) if main else None
+        plan = None
+        if main:
+            x0, _ = data.minibatch(seg.start, seg.seeds, device)
+            plan = set_execution(model, runtime.execution, example=x0)
         plan = distributed.from_main(plan)
         set_execution(model, plan)
         if main:
@@ -167,12 +169,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     opt = make_optimizer(model, exp)
     step, metrics, loss_sum, loss_count, seconds = seg.start, [], 0.0, 0, 0.0
     if resume:
-        state = checkpoint.load(ckpt_path, seg.tag, "resume", map_location=device)
-        if state["signature"] != signature:
-            raise checkpoint.CheckpointError(
-                f"{ckpt_path}: written for another model (signature {state['signature']}, "
-                f"this one {signature}); remove it or use another --root"
-            )
+        state = checkpoint.load(ckpt_path, seg.tag, "resume", signature, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, metrics = state["step"], state["metrics"]
@@ -231,7 +228,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
                 checkpoint.save(ckpt_path, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "metrics": metrics, "loss_sum": loss_sum, "loss_count": loss_count,
-                    "seconds": seconds + time.perf_counter() - t_start, "signature": signature,
+                    "seconds": seconds + time.perf_counter() - t_start,
                 }, experiment=seg.tag, kind="resume", model=signature)  # fmt: skip
             distributed.barrier()
     bar.close()
