@@ -27,8 +27,9 @@ from torch import nn
 from .. import data as datasets
 from .. import optim as masked_optim
 from ..execution import set_execution
-from ..model import _masked_layers, density
+from ..model import _masked_layers, _param_name, density
 from ..nn.sparse import _SparseWeight
+from ..ops import apply_mask
 from . import checkpoint, distributed
 from .hparams import Experiment, parse_duration
 from .progress import Progress
@@ -262,11 +263,16 @@ def summarise(model: nn.Module, metrics: list, seconds: float, plan: dict, seg: 
 
 
 def _save_weights(path: Path, model: nn.Module, tag: str, kind: str, **meta) -> None:
-    """The weights in the dense-fused form (what a new level loads), on the CPU."""
+    """The weights in the dense-fused form (what a new level loads), on the CPU, pruned weights
+    stored as zeros: the sparse form keeps no pruned values, so this makes the file the same
+    whichever form a layer trained in (the forms are chosen by timing)."""
     if any(isinstance(m, _SparseWeight) for m in model.modules()):
         model = copy.deepcopy(model)
         set_execution(model, "dense")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for name, layer in _masked_layers(model):
+        key = _param_name(name)
+        state[key] = apply_mask(state[key], layer.weight_mask_packed.cpu())
     checkpoint.save(path, state, experiment=tag, kind=kind,
                     model=checkpoint.model_signature(model), **meta)  # fmt: skip
 
