@@ -2,8 +2,12 @@
 # One session on a lent GPU machine, in as few calls as possible: build the extension for the
 # GPU that is there, run the CUDA tests, run the benchmark suite. Logs and results go to $OUT.
 #
-#   bash scripts/gpu_session.sh build test smoke     # first call: build, tests, benchmark smoke
-#   bash scripts/gpu_session.sh bench                # later call (extension carried or rebuilt)
+#   bash scripts/gpu_session.sh build probe test     # first call (~8 min): build, tests
+#   bash scripts/gpu_session.sh build bench          # second call (extension carried or rebuilt)
+#
+# Carry the built extension (copied to $OUT by `build`) into later calls: a fresh machine then
+# skips the build. Benchmarks take a call of their own: the full CUDA test run alone took more
+# than 230 s on 14 workers (2026-11-22).
 #
 # The machine's own python3 (its PyTorch and Triton) is used; the extension is built in place
 # with no build isolation, for the local GPU's architecture only.
@@ -35,12 +39,20 @@ build() {
 tests() {
     log "tests (CUDA and CPU cases of the kernel, op, layer and optimiser suites)"
     # Suites needing mnist1d or the experiment driver run in CI; these cover every kernel.
-    timeout "${TEST_TIMEOUT:-300}" $PY -m pytest -q -n "${WORKERS:-12}" -p no:cacheprovider \
-        --timeout 240 -rf tests/test_ops.py tests/test_optim.py tests/test_selection.py \
+    timeout "${TEST_TIMEOUT:-420}" $PY -m pytest -q -n "${WORKERS:-12}" -p no:cacheprovider \
+        --timeout 240 --max-worker-restart=1000 -rf --tb=line tests/test_ops.py tests/test_optim.py tests/test_selection.py \
         tests/test_selection_cuda.py tests/test_selection_kernels.py tests/test_sparse.py \
         tests/test_layers.py tests/test_triton_kernels.py tests/test_triton_selection.py \
         tests/test_triton_sparse.py tests/test_model_api.py tests/test_backends.py \
-        --junitxml="$OUT/tests.xml" 2>&1 | tail -60
+        --durations=15 --junitxml="$OUT/tests.xml" ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" \
+        | grep -v "^  File\|^Thread\|^Current thread\|^$\|^Extension modules" | tail -60
+}
+
+probe() {
+    log "argument errors raised in the extension: plainly, then the native stack under cuda-gdb"
+    timeout 60 $PY scripts/gpu_error_probe.py 2>&1 | tail -8
+    timeout 90 cuda-gdb -q -batch -ex run -ex bt --args $PY scripts/gpu_error_probe.py 2>&1 \
+        | grep -v "^\[New Thread\|^\[Thread\|^\[Detaching" | tail -30
 }
 
 smoke() {
@@ -65,9 +77,10 @@ for stage in "$@"; do
     case $stage in
         build) build ;;
         test) tests ;;
+        probe) probe ;;
         smoke) smoke ;;
         bench) bench ;;
-        *) echo "unknown stage $stage (build, test, smoke, bench)"; exit 2 ;;
+        *) echo "unknown stage $stage (build, probe, test, smoke, bench)"; exit 2 ;;
     esac
 done
 log done
