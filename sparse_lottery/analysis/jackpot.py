@@ -33,26 +33,23 @@ Example:
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .. import models
 from ..execution import set_execution
 from ..lottery import checkpoint, distributed
-from ..lottery.hparams import SCHEDULES, Experiment, TrainingHparams, parse_duration
+from ..lottery.hparams import Experiment, parse_duration
 from ..lottery.progress import Progress
 from ..lottery.runner import Run
 from ..lottery.schedule import learning_rate
 from ..lottery.trainer import _autocast, _checkpoint_cadence, evaluate, make_optimizer
+from .jackpot_hparams import JackpotHparams, excluded_layers
 from .jackpot_report import format_table, plot, write_results
 from .jackpot_search import (
-    LAYER_DENSITIES,
-    SWAP_SCHEDULES,
     initial_scores,
     magnitude_masks,
     prunable_layers,
@@ -63,92 +60,11 @@ from .jackpot_search import (
 from .overlap import iou
 
 log = logging.getLogger("sparse_lottery")
-NORM_STATS = ("frozen", "update")
 
 
-@dataclass
-class JackpotHparams:
-    """Settings of the search (the paper's defaults; RESEARCH.md §4)."""
-
-    steps: str = field(default="10ep", metadata={"help": "search length: '<n>it' or '<n>ep'"})
-    lr: float = field(default=0.1, metadata={"help": "SGD learning rate of the scores"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum of the scores"})
-    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay on the scores"})
-    schedule: str = field(default="cosine", metadata={"help": f"lr schedule, one of {SCHEDULES}"})
-    kept_score: float = field(default=1.0, metadata={"help": "initial score of kept weights"})
-    pruned_score: float = field(default=0.99, metadata={"help": "initial score of pruned ones"})
-    swap_fraction: float = field(
-        default=1.0, metadata={"help": "r: fraction of candidate pairs swapped (1: re-top-k)"}
-    )
-    swap_schedule: str = field(
-        default="constant", metadata={"help": f"r over the search, one of {SWAP_SCHEDULES}"}
-    )
-    layer_density: str = field(
-        default="global",
-        metadata={"help": f"per-layer keep ratios, one of {LAYER_DENSITIES}"},
-    )
-    prune_output: bool = field(default=False, metadata={"help": "prune the output layer too"})
-    norm_stats: str = field(
-        default="frozen",
-        metadata={"help": f"BatchNorm running statistics, one of {NORM_STATS}"},
-    )
-
-    def validate(self) -> "JackpotHparams":
-        """Raise ValueError naming the field for unusable values; return self."""
-        parse_duration(self.steps, 1, "steps")
-        for name, choices in (
-            ("schedule", SCHEDULES),
-            ("swap_schedule", SWAP_SCHEDULES),
-            ("layer_density", LAYER_DENSITIES),
-            ("norm_stats", NORM_STATS),
-        ):
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"{name}: expected one of {list(choices)}, got {getattr(self, name)!r}"
-                )
-        checks = (
-            ("lr", self.lr > 0, "a positive learning rate"),
-            ("momentum", 0 <= self.momentum < 1, "a value in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "a value >= 0"),
-            ("swap_fraction", 0 <= self.swap_fraction <= 1, "a fraction in [0, 1]"),
-            (
-                "kept_score",
-                self.kept_score >= self.pruned_score,
-                f"at least pruned_score ({self.pruned_score})",
-            ),
-        )
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
-        return self
-
-    def non_default(self) -> dict:
-        default = dataclasses.asdict(JackpotHparams())
-        return {k: v for k, v in dataclasses.asdict(self).items() if v != default[k]}
-
-    def training(self) -> TrainingHparams:
-        """The scores' optimiser and schedule, as the driver's training hyperparameters."""
-        return TrainingHparams(
-            optimizer="sgd",
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            steps=self.steps,
-            schedule=self.schedule,
-        )
-
-
-def excluded_layers(run: Run, hp: JackpotHparams) -> list[str]:
-    """Module-name globs not pruned: the experiment's `--prune-exclude`, and the output layer
-    unless `hp.prune_output`."""
-    exclude = [g.strip() for g in run.exp.pruning.prune_exclude.split(",") if g.strip()]
-    if not hp.prune_output:
-        exclude.append(models.MODELS[run.exp.model.model].output_layer)
-    return exclude
-
-
-def _pretrained(run: Run, hp: JackpotHparams):
-    """The run's model with level 0's trained weights (trained first if needed), frozen."""
+def _pretrained(run: Run) -> tuple[torch.nn.Module, float]:
+    """(the run's model with level 0's trained weights, frozen; level 0's test accuracy),
+    level 0 trained first if needed."""
     dense_accuracy = run.level(0)["test_accuracy"]
     model = run.build(0)
     model.load_state_dict(run.weights(run.level_dir(0) / "final.ckpt", "final", model))
@@ -166,136 +82,144 @@ def _set_mode(model: torch.nn.Module, norm_stats: str) -> None:
                 module.eval()
 
 
-def search(run: Run, density: float, hp: JackpotHparams, folder) -> dict:
+class _Search:
+    """One density's search state: the frozen model (its layers' masks are the current mask),
+    the scores and their optimiser, and the progress counters (`state`, checkpointed)."""
+
+    def __init__(self, run: Run, density: float, hp: JackpotHparams) -> None:
+        self.run, self.hp = run, hp
+        self.model, self.dense_accuracy = _pretrained(run)
+        self.exclude = excluded_layers(run, hp)
+        self.layers = prunable_layers(self.model, self.exclude)
+        self.initial = magnitude_masks(self.model, density, hp.layer_density, self.exclude)
+        for name, mask in self.initial.items():
+            self.layers[name].set_mask(mask)
+        scores = initial_scores(self.initial, hp.kept_score, hp.pruned_score)
+        # Parameters: a ParameterList would wrap plain tensors into new objects
+        self.scores = {n: torch.nn.Parameter(s) for n, s in scores.items()}
+        self.training = hp.training()
+        params = torch.nn.ParameterList(self.scores.values())
+        self.opt = make_optimizer(params, Experiment(training=self.training))
+        self.autocast = _autocast(run.runtime, run.device)
+        self.total = parse_duration(hp.steps, run.data.steps_per_epoch, "steps")
+        self.state = {"step": 0, "metrics": [], "loss_sum": 0.0, "loss_count": 0, "seconds": 0.0}
+        self.t0 = time.perf_counter()
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {name: layer.mask for name, layer in self.layers.items()}
+
+    def seconds(self) -> float:
+        return self.state["seconds"] + time.perf_counter() - self.t0
+
+    def step(self) -> None:
+        """One search step: SGD on the scores, then the short restriction in every layer."""
+        run, hp, step = self.run, self.hp, self.state["step"]
+        lr = learning_rate(self.training, step, self.total, run.data.steps_per_epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x, y = run.data.minibatch(step, run.seeds, run.device)
+        _set_mode(self.model, hp.norm_stats)
+        with self.autocast():
+            loss = F.cross_entropy(scored_forward(self.model, self.scores, x).float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"search step {step}: loss {loss.item()}; lower --search-lr")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        r = swap_fraction(hp.swap_fraction, hp.swap_schedule, step, self.total)
+        for name, layer in self.layers.items():
+            new, swapped = short_restriction(self.scores[name].detach(), layer.mask, r)
+            if swapped:
+                layer.set_mask(new)
+        self.state.update(step=step + 1, lr=lr, swap_fraction=r)
+        self.state["loss_sum"] += loss.item()
+        self.state["loss_count"] += 1
+
+    def record(self) -> None:
+        """Append the test loss and accuracy of the current mask and its IoU with the initial."""
+        state, run = self.state, self.run
+        loss, accuracy = evaluate(self.model, run.data.test, run.device, self.autocast)
+        count = state["loss_count"]
+        state["metrics"].append({
+            "step": state["step"], "epoch": state["step"] / run.data.steps_per_epoch,
+            "lr": state.get("lr", 0.0), "swap_fraction": state.get("swap_fraction", 0.0),
+            "train_loss": state["loss_sum"] / count if count else None,
+            "test_loss": loss, "test_accuracy": accuracy,
+            "iou_initial": iou(self.initial, self.masks()), "seconds": self.seconds(),
+        })  # fmt: skip
+        state["loss_sum"], state["loss_count"] = 0.0, 0
+
+    def save(self, path) -> None:
+        checkpoint.save(path, {
+            "scores": {n: s.detach().cpu() for n, s in self.scores.items()},
+            "masks": {n: layer.weight_mask_packed.cpu() for n, layer in self.layers.items()},
+            "optimizer": self.opt.state_dict(),
+            "state": {**self.state, "seconds": self.seconds()},
+        }, experiment=self.run.tag, kind="jackpot")  # fmt: skip
+
+    def resume(self, path) -> None:
+        saved = checkpoint.load(path, self.run.tag, "jackpot", map_location=self.run.device)
+        with torch.no_grad():
+            for name, score in self.scores.items():
+                score.copy_(saved["scores"][name])
+                self.layers[name].weight_mask_packed.copy_(saved["masks"][name])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.state, self.t0 = saved["state"], time.perf_counter()
+        log.info("%s: resuming at search step %d", path.parent, self.state["step"])
+
+
+def search(run: Run, density: float, hp: JackpotHparams, folder: Path) -> dict:
     """One density's search in `folder` (resumed from its checkpoint, or its summary read
     back when finished); returns the summary (see `lottery_jackpot`).
 
     Example:
         >>> row = search(run, 0.1, JackpotHparams(steps="100it"), run.dir / "jp")  # doctest: +SKIP
     """
-    done = folder / "summary.json"
+    done, ckpt_path = folder / "summary.json", folder / "checkpoint.ckpt"
     if done.exists():
         return json.loads(done.read_text())
-    model, dense_accuracy = _pretrained(run, hp)
-    exclude = excluded_layers(run, hp)
-    layers = prunable_layers(model, exclude)
-    initial = magnitude_masks(model, density, hp.layer_density, exclude)
-    for name, mask in initial.items():
-        layers[name].set_mask(mask)
-    scores = {  # Parameters: a ParameterList would wrap plain tensors into new objects
-        n: torch.nn.Parameter(s)
-        for n, s in initial_scores(initial, hp.kept_score, hp.pruned_score).items()
-    }
-    training = hp.training()
-    opt = make_optimizer(torch.nn.ParameterList(scores.values()), Experiment(training=training))
-    spe, autocast = run.data.steps_per_epoch, _autocast(run.runtime, run.device)
-    total = parse_duration(hp.steps, spe, "steps")
-    state = {"step": 0, "metrics": [], "loss_sum": 0.0, "loss_count": 0, "seconds": 0.0}
-    ckpt_path = folder / "checkpoint.ckpt"
+    s = _Search(run, density, hp)
     if ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path, run.tag, "jackpot", map_location=run.device)
-        for name, score in scores.items():
-            score.data.copy_(saved["scores"][name])
-            layers[name].weight_mask_packed.copy_(saved["masks"][name])
-        opt.load_state_dict(saved["optimizer"])
-        state = saved["state"]
-        log.info("%s: resuming at search step %d", folder, state["step"])
-
-    def record(lr: float, r: float) -> None:
-        loss, accuracy = evaluate(model, run.data.test, run.device, autocast)
-        found = {name: layer.mask for name, layer in layers.items()}
-        train_loss = state["loss_sum"] / state["loss_count"] if state["loss_count"] else math.nan
-        state["metrics"].append(
-            {
-                "step": state["step"],
-                "epoch": state["step"] / spe,
-                "lr": lr,
-                "swap_fraction": r,
-                "train_loss": train_loss,
-                "test_loss": loss,
-                "test_accuracy": accuracy,
-                "iou_initial": iou(initial, found),
-                "seconds": state["seconds"] + time.perf_counter() - t0,
-            }
-        )
-        state["loss_sum"], state["loss_count"] = 0.0, 0
-
-    t0 = time.perf_counter()
-    if not state["metrics"]:
-        record(0.0, hp.swap_fraction)  # the magnitude mask itself
+        s.resume(ckpt_path)
+    else:
+        s.record()  # step 0: the magnitude mask itself
+    spe = run.data.steps_per_epoch
     eval_every = max(1, parse_duration(run.runtime.eval_every, spe, "--eval-every"))
     ckpt_seconds, ckpt_every = _checkpoint_cadence(run.runtime.checkpoint_every, spe)
-    last_ckpt = time.perf_counter()
-    bar = Progress(
-        total,
-        f"jackpot density {density:g}",
-        start=state["step"],
-        enabled=run.runtime.progress and distributed.is_main(),
-    )
-    while state["step"] < total:
-        step = state["step"]
-        lr = learning_rate(training, step, total, spe)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = run.data.minibatch(step, run.seeds, run.device)
-        _set_mode(model, hp.norm_stats)
-        with autocast():
-            loss = F.cross_entropy(scored_forward(model, scores, x).float(), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"search step {step}: loss {loss.item()}; lower --search-lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        r = swap_fraction(hp.swap_fraction, hp.swap_schedule, step, total)
-        for name, layer in layers.items():
-            new, swapped = short_restriction(scores[name].detach(), layer.mask, r)
-            if swapped:
-                layer.set_mask(new)
-        state["step"] += 1
-        state["loss_sum"] += loss.item()
-        state["loss_count"] += 1
-        bar.update(1, loss=state["loss_sum"] / state["loss_count"], lr=lr)
-        if state["step"] % eval_every == 0 or state["step"] == total:
-            record(lr, r)
-        due = (
-            (state["step"] % ckpt_every == 0)
-            if ckpt_every
-            else (time.perf_counter() - last_ckpt >= ckpt_seconds)
-        )
-        if due and state["step"] < total and distributed.is_main():
+    last_ckpt, main = time.perf_counter(), distributed.is_main()
+    bar = Progress(s.total, f"jackpot density {density:g}", start=s.state["step"],
+                   enabled=run.runtime.progress and main)  # fmt: skip
+    while s.state["step"] < s.total:
+        s.step()
+        step = s.state["step"]
+        bar.update(1, loss=s.state["loss_sum"] / s.state["loss_count"], lr=s.state["lr"])
+        if step % eval_every == 0 or step == s.total:
+            s.record()
+        since = time.perf_counter() - last_ckpt
+        due = step % ckpt_every == 0 if ckpt_every else since >= ckpt_seconds
+        if due and step < s.total and main:
+            s.save(ckpt_path)
             last_ckpt = time.perf_counter()
-            checkpoint.save(
-                ckpt_path,
-                {
-                    "scores": {n: s.detach().cpu() for n, s in scores.items()},
-                    "masks": {n: layer.weight_mask_packed.cpu() for n, layer in layers.items()},
-                    "optimizer": opt.state_dict(),
-                    "state": {**state, "seconds": state["seconds"] + time.perf_counter() - t0},
-                },
-                experiment=run.tag,
-                kind="jackpot",
-            )
     bar.close()
-    found = {name: layer.mask for name, layer in layers.items()}
-    metrics = state["metrics"]
+    found, metrics = s.masks(), s.state["metrics"]
     summary = {
         "density": density,
         "layer_density": {n: float(m.float().mean()) for n, m in found.items()},
-        "excluded": exclude,
-        "dense_accuracy": dense_accuracy,
+        "excluded": s.exclude,
+        "dense_accuracy": s.dense_accuracy,
         "magnitude_accuracy": metrics[0]["test_accuracy"],
         "test_accuracy": metrics[-1]["test_accuracy"],
         "best_test_accuracy": max(m["test_accuracy"] for m in metrics),
-        "iou": iou(initial, found),
-        "iou_per_layer": iou(initial, found, per_layer=True),
-        "steps": total,
+        "iou": iou(s.initial, found),
+        "iou_per_layer": iou(s.initial, found, per_layer=True),
+        "steps": s.total,
         "seconds": metrics[-1]["seconds"],
         "metrics": metrics,
         "hparams": dataclasses.asdict(hp),
         "directory": str(folder),
     }
-    if distributed.is_main():
-        run.save_masks(folder / "found_mask.ckpt", model, found)
+    if main:
+        run.save_masks(folder / "found_mask.ckpt", s.model, found)
         checkpoint.atomic_write_json(done, summary)
         ckpt_path.unlink(missing_ok=True)
     return summary
