@@ -253,7 +253,8 @@ def lottery_jackpot(
     for d in densities:
         if isinstance(d, bool) or not isinstance(d, int | float) or not 0 < d <= 1:
             raise ValueError(f"densities: expected fractions in (0, 1], got {d!r}")
-    folder = run.level_dir(0) / f"jackpot_{Experiment().hash(hp.non_default())}"
+    tag = Experiment().hash({"jackpot": hp.non_default()})
+    folder = run.level_dir(0) / f"jackpot_{tag}"
     rows = [search(run, float(d), hp, folder / f"density_{float(d):g}") for d in densities]
     for row in rows:
         log.info(
