@@ -87,12 +87,15 @@ def write_results(rows: Sequence[dict], folder: Path) -> list[Path]:
     """jackpot.json (the rows), jackpot.md (the table) and jackpot.png into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_json(folder / "jackpot.json", {"results": list(rows)})
-    text = (
-        "# Lottery jackpots (mask search on the pretrained network)\n\n"
-        "Accuracies in percent; the magnitude mask is the search's initial mask.\n\n"
-        + format_table(rows)
-        + "\n\n![accuracy and IoU over the search](jackpot.png)\n"
-    )
+    text = "# Lottery jackpots (mask search on the pretrained network)\n\n"
+    if rows:
+        settings = ", ".join(f"{k} {v}" for k, v in rows[0]["hparams"].items())
+        text += (
+            f"Density: the fraction of the prunable layers' weights kept (not pruned: "
+            f"{', '.join(rows[0]['excluded']) or 'none'}). Search: {settings}. Accuracies in "
+            "percent; the magnitude mask is the search's initial mask.\n\n"
+        )
+    text += format_table(rows) + "\n\n![accuracy and IoU over the search](jackpot.png)\n"
     checkpoint.atomic_write(folder / "jackpot.md", text.encode())
     written = [folder / "jackpot.json", folder / "jackpot.md"]
     png = plot(rows, folder / "jackpot.png")
