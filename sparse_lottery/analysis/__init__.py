@@ -7,9 +7,11 @@
   heat maps and tables.
 - `correlation`: the weight-correlation indicator R_p (Liu et al. 2021).
 - `sanity`: the sanity checks of Ma et al. (2021) and their verdicts.
+- `jackpot`: `lottery_jackpot(run, densities)` searches masks on the pretrained level 0 with
+  frozen weights (Zhang/Lin et al. 2021); the pure parts are in `jackpot_search`.
 
 CLI: `sparse-lottery stability --level L --k 0,100`, `sparse-lottery overlap [root]`,
-`sparse-lottery sanity --lrs 0.01,0.1`.
+`sparse-lottery sanity --lrs 0.01,0.1`, `sparse-lottery jackpot --density 0.1`.
 
 Example:
     >>> import torch
@@ -24,6 +26,8 @@ Example:
 """
 
 from .correlation import level_correlation, r_p, r_p_table, top_p_indices
+from .jackpot import JackpotHparams, lottery_jackpot
+from .jackpot_search import magnitude_masks, short_restriction
 from .overlap import collect_masks, hamming, iou, overlap_matrix
 from .overlap_report import plot_overlap, write_overlap
 from .sanity import CONDITIONS, one_shot_experiment, sanity_checks, verdict
@@ -49,4 +53,8 @@ __all__ = [
     "sanity_checks",
     "top_p_indices",
     "verdict",
+    "JackpotHparams",
+    "lottery_jackpot",
+    "magnitude_masks",
+    "short_restriction",
 ]
