@@ -7,9 +7,12 @@
   heat maps and tables.
 - `correlation`: the weight-correlation indicator R_p (Liu et al. 2021).
 - `sanity`: the sanity checks of Ma et al. (2021) and their verdicts.
+- `transfer`: `transfer(run, target, levels)` trains a run's tickets on another dataset with a
+  new head (Mehta 2019), against the dense transfer and random tickets.
 
 CLI: `sparse-lottery stability --level L --k 0,100`, `sparse-lottery overlap [root]`,
-`sparse-lottery sanity --lrs 0.01,0.1`.
+`sparse-lottery sanity --lrs 0.01,0.1`,
+`sparse-lottery transfer --target mnist1d_shifted --levels 5`.
 
 Example:
     >>> import torch
@@ -28,6 +31,8 @@ from .overlap import collect_masks, hamming, iou, overlap_matrix
 from .overlap_report import plot_overlap, write_overlap
 from .sanity import CONDITIONS, one_shot_experiment, sanity_checks, verdict
 from .stability import barrier, error_path, instability, interpolate, recompute_norm_stats
+from .transfer import transfer
+from .transfer_model import transfer_model
 
 __all__ = [
     "barrier",
@@ -49,4 +54,6 @@ __all__ = [
     "sanity_checks",
     "top_p_indices",
     "verdict",
+    "transfer",
+    "transfer_model",
 ]
