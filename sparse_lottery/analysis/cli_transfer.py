@@ -64,7 +64,9 @@ def transfer(args: argparse.Namespace) -> int:
     if not args.list:
         if args.target is None:
             raise SystemExit("--target: required (the dataset to transfer to), got none")
-        if args.levels is None or args.levels < 1:
+        if args.levels is None:
+            raise SystemExit("--levels: required (transfer the tickets of levels 1..LEVELS)")
+        if args.levels < 1:
             raise SystemExit(f"--levels: expected a positive int, got {args.levels}")
     resets = _names(args.resets, "--resets", RESETS)
     freezes = _names(args.freeze, "--freeze", FREEZES)

@@ -19,6 +19,13 @@ its checkpoint):
 
 `<hash>` names the target's training hyperparameters.
 
+Pairs that work (the target's samples must fit the source model's input, see
+`transfer_model.as_input_shape`): `mnist1d` → `mnist1d_shifted` (offline; `mnist1d_mlp`);
+`mnist` ↔ `fashionmnist` (`lenet_300_100`); `cifar10` → `fashionmnist`, `smallnorb`, `mnist`,
+`digits` with the CIFAR models (conv2/4/6, ResNets, VGGs, MobileNetV2): grey images are
+repeated to 3 channels and resized bilinearly to 32×32; `cifar10` ↔ `cifar100`. Not: between
+MNIST-1D and images, or MLPs across different feature counts (a ValueError says so).
+
 Example:
     >>> from sparse_lottery.lottery import Experiment, Run, Runtime
     >>> run = Run(Experiment(), Runtime(root="runs"))  # doctest: +SKIP

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import data as datasets
 from .. import models
 from ..lottery.hparams import Experiment, TrainingHparams, parse_duration
 from ..lottery.runner import Run
@@ -106,8 +107,6 @@ class Target:
     """
 
     def __init__(self, run: Run, dataset: str, training: TrainingHparams | None = None) -> None:
-        from .. import data as datasets
-
         if dataset not in datasets.DATASETS:
             raise ValueError(f"target: expected a dataset in {sorted(datasets.DATASETS)}, got "
                              f"{dataset!r}")  # fmt: skip
