@@ -85,6 +85,7 @@ def plot(result: dict, path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return None
     rows = result["rows"]
@@ -103,6 +104,9 @@ def plot(result: dict, path: Path) -> Path | None:
             if r["kind"] == "dense":
                 ax.axhline(100 * r["test_accuracy"], color="black", ls=":", label="dense transfer")
         ax.set_xscale("log")
+        ticks = sorted({r["density"] for r in mine}, reverse=True)
+        ax.set_xticks(ticks, [f"{100 * d:.3g}%" for d in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.invert_xaxis()
         ax.set(xlabel="density of the source ticket", ylabel="target test accuracy (%)",
                title=f"{result['source']['dataset']} → {result['target']}: {freeze}")  # fmt: skip
