@@ -12,6 +12,7 @@ Example:
     $ python -m sparse_lottery overlap runs
     $ python -m sparse_lottery sanity --levels 5 --lrs 0.002,0.02
     $ python -m sparse_lottery jackpot --density 0.1 --search-steps 10ep
+    $ python -m sparse_lottery transfer --target mnist1d_shifted --levels 5
 """
 
 import argparse
@@ -69,6 +70,7 @@ _ANALYSIS_HELP = {
     "stability": "instability (linear mode connectivity) of a level at rewind points k",
     "overlap": "IoU / Hamming heat map and tables of the masks under a run folder",
     "jackpot": "lottery jackpots: mask search (frozen weights) on the pretrained level 0",
+    "transfer": "train a run's tickets on another dataset (new head; frozen or fine-tuned)",
 }
 
 _LOTTERY_HELP = {

@@ -260,6 +260,7 @@ def test_unknown_dataset_name_lists_the_valid_ones():
 def test_registry_is_consistent():
     assert set(DATASETS) == {
         "mnist1d",
+        "mnist1d_shifted",
         "digits",
         "mnist",
         "fashionmnist",

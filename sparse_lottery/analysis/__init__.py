@@ -9,9 +9,12 @@
 - `sanity`: the sanity checks of Ma et al. (2021) and their verdicts.
 - `jackpot`: `lottery_jackpot(run, densities)` searches masks on the pretrained level 0 with
   frozen weights (Zhang/Lin et al. 2021); the pure parts are in `jackpot_search`.
+- `transfer`: `transfer(run, target, levels)` trains a run's tickets on another dataset with a
+  new head (Mehta 2019), against the dense transfer and random tickets.
 
 CLI: `sparse-lottery stability --level L --k 0,100`, `sparse-lottery overlap [root]`,
-`sparse-lottery sanity --lrs 0.01,0.1`, `sparse-lottery jackpot --density 0.1`.
+`sparse-lottery sanity --lrs 0.01,0.1`, `sparse-lottery jackpot --density 0.1`,
+`sparse-lottery transfer --target mnist1d_shifted --levels 5`.
 
 Example:
     >>> import torch
@@ -32,6 +35,8 @@ from .overlap import collect_masks, hamming, iou, overlap_matrix
 from .overlap_report import plot_overlap, write_overlap
 from .sanity import CONDITIONS, one_shot_experiment, sanity_checks, verdict
 from .stability import barrier, error_path, instability, interpolate, recompute_norm_stats
+from .transfer import transfer
+from .transfer_model import transfer_model
 
 __all__ = [
     "barrier",
@@ -57,4 +62,6 @@ __all__ = [
     "lottery_jackpot",
     "magnitude_masks",
     "short_restriction",
+    "transfer",
+    "transfer_model",
 ]

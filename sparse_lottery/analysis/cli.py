@@ -1,4 +1,5 @@
-"""The analysis commands of `sparse-lottery`: stability and overlap (sanity: `cli_sanity`).
+"""The analysis commands of `sparse-lottery`: stability and overlap (sanity: `cli_sanity`,
+transfer: `cli_transfer`).
 
 Example:
     $ sparse-lottery stability --level 3 --k 0,100 --alphas 30     # same flags as `imp`
@@ -12,6 +13,7 @@ from ..lottery import distributed
 from ..lottery.cli import _session, add_experiment_arguments
 from .cli_jackpot import jackpot, jackpot_arguments  # noqa: F401  (the `jackpot` command)
 from .cli_sanity import sanity, sanity_arguments  # noqa: F401  (the `sanity` command)
+from .cli_transfer import transfer, transfer_arguments  # noqa: F401  (`transfer`)
 
 
 def stability_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,8 @@ Datasets (name: what, input_shape, classes, default augmentation):
 
 - `mnist1d`: MNIST-1D, generated locally by the `mnist1d` package and cached as
   `data_dir/mnist1d.npz`; (40,), 10, none.
+- `mnist1d_shifted`: MNIST-1D generated with another seed, sequences rolled by 20 positions
+  (a transfer target), cached as `data_dir/mnist1d_shifted.npz`; (40,), 10, none.
 - `digits`: scikit-learn's bundled 8x8 digits, seeded 80/20 split; (1, 8, 8), 10, none.
 - `mnist`, `fashionmnist`: torchvision; (1, 28, 28), 10, none.
 - `cifar10`, `cifar100`: torchvision; (3, 32, 32), 10 / 100, `crop_flip`.
@@ -42,7 +44,7 @@ from pathlib import Path
 
 from .augmentation import AUGMENTATIONS, augment, crop_flip
 from .base import ArrayData, Data, DatasetNotFoundError, ImageFolderData
-from .local import digits, load_mnist1d, mnist1d, synthetic_cifar
+from .local import digits, load_mnist1d, mnist1d, mnist1d_shifted, synthetic_cifar
 from .norb import read_norb_matrix, smallnorb
 from .torchvision_sets import imagenet, torchvision_arrays
 
@@ -71,6 +73,12 @@ _SPECS = [
         "MNIST-1D: 4000/1000 sequences of length 40, 10 classes, generated locally",
         None,
         mnist1d,
+    ),
+    DatasetSpec(
+        "mnist1d_shifted",
+        "MNIST-1D variant: another seed, sequences rolled by 20; 4000/1000, 10 classes, local",
+        None,
+        mnist1d_shifted,
     ),
     DatasetSpec(
         "digits",
@@ -160,6 +168,7 @@ __all__ = [
     "load_dataset",
     "load_mnist1d",
     "mnist1d",
+    "mnist1d_shifted",
     "read_norb_matrix",
     "smallnorb",
     "synthetic_cifar",

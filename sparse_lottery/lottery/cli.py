@@ -183,15 +183,17 @@ def branch_arguments(parser: argparse.ArgumentParser) -> None:
     add_experiment_arguments(parser)
 
 
-def parse_training_overrides(text: str, base: TrainingHparams) -> TrainingHparams:
-    """'lr=0.001,steps=500it' applied to `base` (each value parsed as the field's type)."""
+def parse_training_overrides(text: str, base: TrainingHparams,
+                             flag: str = "--retrain") -> TrainingHparams:  # fmt: skip
+    """'lr=0.001,steps=500it' applied to `base` (each value parsed as the field's type); errors
+    name `flag`."""
     hints = typing.get_type_hints(TrainingHparams)
     values = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name not in hints:
             raise SystemExit(
-                f"--retrain: expected 'field=value' with fields of {sorted(hints)}, got {item!r}"
+                f"{flag}: expected 'field=value' with fields of {sorted(hints)}, got {item!r}"
             )
         kind = hints[name]
         values[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
