@@ -11,6 +11,7 @@ Example:
     $ python -m sparse_lottery stability --level 3 --k 0,100
     $ python -m sparse_lottery overlap runs
     $ python -m sparse_lottery sanity --levels 5 --lrs 0.002,0.02
+    $ python -m sparse_lottery finetune --levels 3 --lrs 0.002,0.02
 """
 
 import argparse
@@ -67,6 +68,7 @@ _ANALYSIS_HELP = {
     "sanity": "sanity checks (Ma et al. 2021): LT vs RR, random pruning, OMP, small dense per lr",
     "stability": "instability (linear mode connectivity) of a level at rewind points k",
     "overlap": "IoU / Hamming heat map and tables of the masks under a run folder",
+    "finetune": "pruning & fine-tuning vs LT, random reinit and rewinding (Liu et al. 2021)",
 }
 
 _LOTTERY_HELP = {

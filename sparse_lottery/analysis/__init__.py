@@ -7,9 +7,10 @@
   heat maps and tables.
 - `correlation`: the weight-correlation indicator R_p (Liu et al. 2021).
 - `sanity`: the sanity checks of Ma et al. (2021) and their verdicts.
+- `finetune`: pruning & fine-tuning vs lottery tickets at the same budget (Liu et al. 2021).
 
 CLI: `sparse-lottery stability --level L --k 0,100`, `sparse-lottery overlap [root]`,
-`sparse-lottery sanity --lrs 0.01,0.1`.
+`sparse-lottery sanity --lrs 0.01,0.1`, `sparse-lottery finetune --lrs 0.01,0.1`.
 
 Example:
     >>> import torch
@@ -24,6 +25,7 @@ Example:
 """
 
 from .correlation import level_correlation, r_p, r_p_table, top_p_indices
+from .finetune import finetune_comparison, start_weights, train_method
 from .overlap import collect_masks, hamming, iou, overlap_matrix
 from .overlap_report import plot_overlap, write_overlap
 from .sanity import CONDITIONS, one_shot_experiment, sanity_checks, verdict
@@ -42,6 +44,9 @@ __all__ = [
     "recompute_norm_stats",
     "write_overlap",
     "CONDITIONS",
+    "finetune_comparison",
+    "start_weights",
+    "train_method",
     "level_correlation",
     "one_shot_experiment",
     "r_p",
