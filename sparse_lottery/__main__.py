@@ -13,6 +13,7 @@ Example:
     $ python -m sparse_lottery sanity --levels 5 --lrs 0.002,0.02
     $ python -m sparse_lottery jackpot --density 0.1 --search-steps 10ep
     $ python -m sparse_lottery transfer --target mnist1d_shifted --levels 5
+    $ python -m sparse_lottery finetune --levels 3 --lrs 0.002,0.02
 """
 
 import argparse
@@ -71,6 +72,7 @@ _ANALYSIS_HELP = {
     "overlap": "IoU / Hamming heat map and tables of the masks under a run folder",
     "jackpot": "lottery jackpots: mask search (frozen weights) on the pretrained level 0",
     "transfer": "train a run's tickets on another dataset (new head; frozen or fine-tuned)",
+    "finetune": "pruning & fine-tuning vs LT, random reinit and rewinding (Liu et al. 2021)",
 }
 
 _LOTTERY_HELP = {

@@ -1,4 +1,4 @@
-"""Analyses of lottery-ticket runs (RESEARCH.md §2–5):
+"""Analyses of lottery-ticket runs (RESEARCH.md §2–6):
 
 - `stability`: `instability(run, level, k_list)` trains two copies of a level's subnetwork
   from the rewind point θk that differ only in SGD noise and measures the error barrier on the
@@ -7,13 +7,15 @@
   heat maps and tables.
 - `correlation`: the weight-correlation indicator R_p (Liu et al. 2021).
 - `sanity`: the sanity checks of Ma et al. (2021) and their verdicts.
+- `finetune`: pruning & fine-tuning vs lottery tickets at the same budget (Liu et al. 2021).
 - `jackpot`: `lottery_jackpot(run, densities)` searches masks on the pretrained level 0 with
   frozen weights (Zhang/Lin et al. 2021); the pure parts are in `jackpot_search`.
 - `transfer`: `transfer(run, target, levels)` trains a run's tickets on another dataset with a
   new head (Mehta 2019), against the dense transfer and random tickets.
 
 CLI: `sparse-lottery stability --level L --k 0,100`, `sparse-lottery overlap [root]`,
-`sparse-lottery sanity --lrs 0.01,0.1`, `sparse-lottery jackpot --density 0.1`,
+`sparse-lottery sanity --lrs 0.01,0.1`, `sparse-lottery finetune --lrs 0.01,0.1`,
+`sparse-lottery jackpot --density 0.1`,
 `sparse-lottery transfer --target mnist1d_shifted --levels 5`.
 
 Example:
@@ -29,6 +31,7 @@ Example:
 """
 
 from .correlation import level_correlation, r_p, r_p_table, top_p_indices
+from .finetune import finetune_comparison, start_weights, train_method
 from .jackpot import JackpotHparams, lottery_jackpot
 from .jackpot_search import magnitude_masks, short_restriction
 from .overlap import collect_masks, hamming, iou, overlap_matrix
@@ -51,6 +54,9 @@ __all__ = [
     "recompute_norm_stats",
     "write_overlap",
     "CONDITIONS",
+    "finetune_comparison",
+    "start_weights",
+    "train_method",
     "level_correlation",
     "one_shot_experiment",
     "r_p",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..lottery import distributed
 from ..lottery.cli import _session, add_experiment_arguments
+from .cli_finetune import finetune, finetune_arguments  # noqa: F401  (`finetune`)
 from .cli_jackpot import jackpot, jackpot_arguments  # noqa: F401  (the `jackpot` command)
 from .cli_sanity import sanity, sanity_arguments  # noqa: F401  (the `sanity` command)
 from .cli_transfer import transfer, transfer_arguments  # noqa: F401  (`transfer`)

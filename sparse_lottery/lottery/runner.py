@@ -205,19 +205,14 @@ class Run:
         if kind == "retrain" and training is None:
             raise ValueError("training: 'retrain' needs the training hyperparameters to use")
         self.level(level)
-        settings = {"kind": kind, "seed": seed}
-        exp = self.exp
-        if training is not None:
-            exp = dataclasses.replace(self.exp, training=training)
-            settings["training"] = Experiment(training=training).non_default().get("training", {})
-        tag = Experiment().hash(settings)
-        directory = self.level_dir(level) / f"branch_{kind}_{tag}"
+        exp = self.exp if training is None else dataclasses.replace(self.exp, training=training)
+        directory = self.branch_dir(level, kind, training, seed)
         if (directory / "summary.json").exists():
             return json.loads((directory / "summary.json").read_text())
         model, level_masks, start, fixed_lr, state = self._prepare(level)
         if kind == "reinit":
             start, fixed_lr = 0, None
-            state = self.build(_REINIT_SALT + 1_000_003 * seed + self.seeds["init"]).state_dict()
+            state = self.reinit_weights(seed)
         model.load_state_dict(state)
         if kind == "random_prune":
             level_masks = self._random_masks(model, level_masks, seed, level)
@@ -229,6 +224,19 @@ class Run:
         seg = Segment(directory, self.tag, exp, self.seeds, start, total, total, fixed_lr)
         summary = train_segment(model.to(self.device), seg, self.data, self.runtime, self.device)
         return summary
+
+    def branch_dir(self, level: int, kind: str, training: TrainingHparams | None = None,
+                   seed: int = 0) -> Path:  # fmt: skip
+        """The folder of a branch (see `branch`): named by its kind, seed and training changes."""
+        settings = {"kind": kind, "seed": seed}
+        if training is not None:
+            settings["training"] = Experiment(training=training).non_default().get("training", {})
+        return self.level_dir(level) / f"branch_{kind}_{Experiment().hash(settings)}"
+
+    def reinit_weights(self, seed: int = 0) -> dict:
+        """Fresh initial weights θ0' (all-ones masks) for the "reinit" branch of seed `seed`:
+        the same architecture and initialiser as θ0, another random draw."""
+        return self.build(_REINIT_SALT + 1_000_003 * seed + self.seeds["init"]).state_dict()
 
     def _random_masks(self, model, level_masks, seed, level) -> dict[str, torch.Tensor]:
         """Uniformly random masks with exactly the kept count of each layer of `level_masks`."""
