@@ -163,3 +163,32 @@ def test_retrain_overrides():
 
 HASH_DEFAULT = "d0b2be2632e9fab9"
 HASH_LR = "0be356557f0e8a9d"
+
+
+def test_report_includes_every_analysis_result(tmp_path):
+    from sparse_lottery.lottery.report import analysis_sections
+
+    level = tmp_path / "lottery_ab" / "replicate_0" / "level_3" / "stability_k0"
+    level.mkdir(parents=True)
+    (level / "stability.md").write_text("# Stability of level 3\n\n| k | barrier |\n|---|---|\n")
+    (level / "stability.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "overlap.md").write_text("# Mask overlap\n")  # no plot beside it
+    md, body = analysis_sections(tmp_path, tmp_path / "out")
+    text = "\n".join(md)
+    assert text.index("## stability: `lottery_ab/replicate_0/level_3/stability_k0`") < text.index(
+        "## overlap: `report`"
+    )
+    assert "### Stability of level 3" in text and "\n# Stability" not in text
+    copied = (
+        tmp_path / "out" / "analyses" / "lottery_ab_replicate_0_level_3_stability_k0_stability.png"
+    )
+    assert copied.read_bytes() == b"\x89PNG fake"
+    assert f"]({copied.relative_to(tmp_path / 'out')})" in text
+    assert sum("<img" in part for part in body) == 1
+    assert analysis_sections(
+        tmp_path / "lottery_ab" / "replicate_0" / "level_3" / "x", tmp_path
+    ) == (
+        [],
+        [],
+    )

@@ -3,7 +3,9 @@
 Per experiment: the hyperparameters that differ from the defaults, a table per level (density,
 test accuracy of the ticket and of every branch kind, mean ± spread over replicates), and plots:
 accuracy vs density (log axis, one line per method, the band spans the replicates), per-layer
-density by level, early-stopping iteration vs density, and time per level.
+density by level, early-stopping iteration vs density, and time per level. Then one section per
+analysis result found under the root (`stability`, `sanity`, `finetune`, `jackpot`, `transfer`,
+`overlap`: each analysis's own Markdown and plot).
 
 Example:
     >>> from sparse_lottery.lottery.report import write_report
@@ -174,6 +176,9 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
             data = base64.b64encode(path.read_bytes()).decode()
             body.append(f'<img alt="{path.stem}" src="data:image/png;base64,{data}">')
         md.append("")
+    more_md, more_html = analysis_sections(root, out)
+    md += more_md
+    body += more_html
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(md) + "\n")
     style = "body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px}"
@@ -181,6 +186,37 @@ def write_report(root: str | Path, out: str | Path | None = None) -> Path:
     page = f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
     (out / "report.html").write_text(page)
     return out
+
+
+ANALYSES = ("stability", "sanity", "finetune", "jackpot", "transfer", "overlap")
+
+
+def analysis_sections(root: Path, out: Path) -> tuple[list[str], list[str]]:
+    """Markdown lines and HTML parts of every analysis result under `root`: the analysis's own
+    Markdown (headings demoted below the report's) and its plot, copied to `out/analyses/`."""
+    md, body = [], []
+    found = [(name, path) for name in ANALYSES for path in sorted(root.glob(f"**/{name}.md"))]
+    if found:
+        md += ["# Analyses", ""]
+        body.append("<h1>Analyses</h1>")
+    for name, path in found:
+        where = path.parent.relative_to(root)
+        md += [f"## {name}: `{where}`", ""]
+        body.append(f"<h2>{html.escape(name)}: <code>{html.escape(str(where))}</code></h2>")
+        text = "\n".join(
+            "##" + line if line.startswith("#") else line for line in path.read_text().splitlines()
+        )
+        md += [text, ""]
+        body.append(f"<pre>{html.escape(text)}</pre>")
+        image = path.with_suffix(".png")
+        if image.is_file():
+            copy = out / "analyses" / f"{'_'.join(where.parts) or 'root'}_{image.name}"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(image.read_bytes())
+            md += [f"![{name}]({copy.relative_to(out)})", ""]
+            data = base64.b64encode(image.read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+    return md, body
 
 
 def _html_table(markdown: str) -> str:
