@@ -12,8 +12,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ..lottery import checkpoint
 from ..lottery.report import _save
+from ._output import write_files
 from .sanity import _jsonable, _key
 
 LABELS = {"lt": "LT", "rr": "RR", "rewind": "rewind", "finetune": "fine-tune"}
@@ -121,17 +121,13 @@ def plot(result: dict, path: Path) -> Path | None:
 
 def write_outputs(result: dict, folder: Path) -> list[Path]:
     """`finetune.json`, `finetune.md` and `finetune.png` (with matplotlib) in `folder`."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(folder / "finetune.json", _jsonable(result))
     text = "# Pruning & fine-tuning vs lottery tickets (Liu et al. 2021)\n\n"
     text += (f"Every method trains {result['iterations']} iterations with the same schedule and "
              f"data order; only the start differs. {result['metric']} in percent, mean ± sd "
              f"over replicates {result['replicates']}.\n\n")  # fmt: skip
     text += format_markdown(result) + "\n\n![accuracy vs sparsity](finetune.png)\n"
-    checkpoint.atomic_write(folder / "finetune.md", text.encode())
-    png = plot(result, folder / "finetune.png")
-    return [folder / "finetune.json", folder / "finetune.md"] + ([png] if png else [])
+    payload = _jsonable(result)
+    return write_files(folder, "finetune", payload, text, lambda png: plot(result, png))
 
 
 __all__ = ["LABELS", "R_P_COLUMNS", "cell", "format_markdown", "group", "plot", "write_outputs"]

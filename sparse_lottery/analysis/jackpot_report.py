@@ -11,7 +11,8 @@ Example:
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery import checkpoint
+from ..lottery.report import save_figure
+from ._output import write_files
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -76,17 +77,11 @@ def plot(rows: Sequence[dict], path: Path) -> Path | None:
     for ax in (acc, overlap):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_results(rows: Sequence[dict], folder: Path) -> list[Path]:
     """jackpot.json (the rows), jackpot.md (the table) and jackpot.png into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(folder / "jackpot.json", {"results": list(rows)})
     text = "# Lottery jackpots (mask search on the pretrained network)\n\n"
     if rows:
         settings = ", ".join(f"{k} {v}" for k, v in rows[0]["hparams"].items())
@@ -96,10 +91,9 @@ def write_results(rows: Sequence[dict], folder: Path) -> list[Path]:
             "percent; the magnitude mask is the search's initial mask.\n\n"
         )
     text += format_table(rows) + "\n\n![accuracy and IoU over the search](jackpot.png)\n"
-    checkpoint.atomic_write(folder / "jackpot.md", text.encode())
-    written = [folder / "jackpot.json", folder / "jackpot.md"]
-    png = plot(rows, folder / "jackpot.png")
-    return written + ([png] if png else [])
+    return write_files(
+        folder, "jackpot", {"results": list(rows)}, text, lambda png: plot(rows, png)
+    )
 
 
 __all__ = ["format_table", "plot", "write_results"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..lottery import checkpoint
+from ..lottery.report import save_figure
 from .overlap import collect_masks, iou, overlap_matrix
 
 log = logging.getLogger("sparse_lottery")
@@ -68,11 +69,7 @@ def plot_overlap(names: list[str], ious: torch.Tensor, hams: torch.Tensor, path:
                         color="white" if (v < 0.5) == (cmap == "viridis") else "black",
                     )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_overlap(

@@ -38,7 +38,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..lottery.report import save_figure
 from ..models import mlp
+from ._output import write_files
 
 log = logging.getLogger("sparse_lottery")
 
@@ -614,27 +616,16 @@ def plot(result: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{result.get('metric', 'test_accuracy')} (%)")
     axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(result: dict, folder: Path) -> list[Path]:
     """`sanity.json`, `sanity.md` and `sanity.png` (with matplotlib) in `folder`."""
-    from ..lottery import checkpoint
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(folder / "sanity.json", _jsonable(result))
     text = "# Sanity checks (Ma et al. 2021)\n\n"
     text += f"Accuracies: {result['metric']} in percent; thresholds {result['thresholds']}.\n"
     text += "Conditions: " + ", ".join(f"{i + 1}. {c}" for i, c in enumerate(CONDITIONS))
     text += "\n\n" + format_markdown(result) + "\n"
-    checkpoint.atomic_write(folder / "sanity.md", text.encode())
-    paths = [folder / "sanity.json", folder / "sanity.md"]
-    png = plot(result, folder / "sanity.png")
-    return paths + ([png] if png else [])
+    return write_files(folder, "sanity", _jsonable(result), text, lambda png: plot(result, png))
 
 
 __all__ = [

@@ -10,7 +10,8 @@ Example:
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery import checkpoint
+from ..lottery.report import save_figure
+from ._output import write_files
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -82,23 +83,15 @@ def plot_paths(rows: Sequence[dict], path: Path) -> Path | None:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_results(rows: Sequence[dict], folder: Path) -> list[Path]:
     """stability.json (the rows), stability.md (the table) and stability.png into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(folder / "stability.json", {"results": list(rows)})
-    (folder / "stability.md").write_text(
-        "# Instability\n\n" + format_table(rows) + "\n\n![error along the path](stability.png)\n"
+    text = "# Instability\n\n" + format_table(rows) + "\n\n![error along the path](stability.png)\n"
+    return write_files(
+        folder, "stability", {"results": list(rows)}, text, lambda png: plot_paths(rows, png)
     )
-    written = [folder / "stability.json", folder / "stability.md"]
-    png = plot_paths(rows, folder / "stability.png")
-    return written + ([png] if png else [])
 
 
 __all__ = ["format_table", "plot_paths", "write_results"]

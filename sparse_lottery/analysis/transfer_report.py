@@ -11,7 +11,8 @@ Example:
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery import checkpoint
+from ..lottery.report import save_figure
+from ._output import write_files
 
 _COLOURS = {"late": "tab:blue", "init": "tab:orange", "fresh": "tab:green"}
 
@@ -112,21 +113,13 @@ def plot(result: dict, path: Path) -> Path | None:
                title=f"{result['source']['dataset']} → {result['target']}: {freeze}")  # fmt: skip
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_results(result: dict, folder: Path) -> list[Path]:
     """transfer.json (the result), transfer.md and transfer.png into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(folder / "transfer.json", result)
-    checkpoint.atomic_write(folder / "transfer.md", format_markdown(result).encode())
-    written = [folder / "transfer.json", folder / "transfer.md"]
-    png = plot(result, folder / "transfer.png")
-    return written + ([png] if png else [])
+    markdown = format_markdown(result)
+    return write_files(folder, "transfer", result, markdown, lambda png: plot(result, png))
 
 
 __all__ = ["format_table", "format_markdown", "plot", "write_results"]

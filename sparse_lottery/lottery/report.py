@@ -130,6 +130,17 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def save_figure(fig, path: Path) -> Path:
+    """`fig` laid out tightly, written to `path` (its folder made) at 110 dpi, and closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _save(
     fig, ax, path: Path, legend_size: int | str | None = "medium", grid_axis: str = "both"
 ) -> Path:
@@ -137,12 +148,7 @@ def _save(
     if legend_size is not None:
         ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3, axis=grid_axis)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(root: str | Path, out: str | Path | None = None) -> Path:
