@@ -9,8 +9,7 @@ Example:
 import argparse
 from pathlib import Path
 
-from ..lottery import distributed
-from ..lottery.cli import _session, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments
 from .cli_finetune import finetune, finetune_arguments  # noqa: F401  (`finetune`)
 from .cli_jackpot import jackpot, jackpot_arguments  # noqa: F401  (the `jackpot` command)
 from .cli_sanity import sanity, sanity_arguments  # noqa: F401  (the `sanity` command)
@@ -73,13 +72,10 @@ def stability(args: argparse.Namespace) -> int:
 
     if args.level is None and not args.list:
         raise SystemExit("--level: required (the IMP level to analyse), got none")
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
     ks = [item.strip() for item in args.k.split(",") if item.strip()]
-    try:
-        rows = instability(
+    done = _on_experiment(
+        args,
+        lambda exp, runtime: instability(
             Run(exp, runtime, args.replicate),
             args.level,
             ks,
@@ -88,12 +84,11 @@ def stability(args: argparse.Namespace) -> int:
             tolerance=args.tolerance,
             seed_offset=args.seed_offset,
             norm_batches=args.norm_batches,
-        )
-    except ValueError as e:
-        raise SystemExit(f"stability: {e}") from e
-    finally:
-        distributed.teardown()
-    if distributed.is_main():
+        ),
+        "stability",
+    )
+    if done:
+        rows = done[2]
         print(format_table(rows))
         print(f"results: {Path(rows[0]['directory']) / 'stability.json'}")
     return 0

@@ -12,8 +12,7 @@ Example:
 
 import argparse
 
-from ..lottery import distributed
-from ..lottery.cli import _session, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments
 from .cli_sanity import parse_lrs
 from .sanity import METRICS
 
@@ -78,20 +77,22 @@ def finetune(args: argparse.Namespace) -> int:
             raise SystemExit(f"--levels: expected a positive int, got {args.levels}")
         replicates = parse_replicates(args.replicates, args.replicate)
         ps = _parse_ps(args.ps)
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
-    try:
-        lrs = parse_lrs(args.lrs, exp.training.lr)
-        result = finetune_comparison(exp, runtime, lrs, args.levels, replicates, args.k, ps,
-                                     args.metric)  # fmt: skip
-        main = distributed.is_main()  # asked before the process group is gone
-    except ValueError as e:
-        raise SystemExit(f"finetune: {e}") from e
-    finally:
-        distributed.teardown()
-    if main:
+    done = _on_experiment(
+        args,
+        lambda exp, runtime: finetune_comparison(
+            exp,
+            runtime,
+            parse_lrs(args.lrs, exp.training.lr),
+            args.levels,
+            replicates,
+            args.k,
+            ps,
+            args.metric,
+        ),
+        "finetune",
+    )
+    if done:
+        result = done[2]
         print(format_markdown(result))
         print(f"results: {result['folder']}")
     return 0

@@ -14,8 +14,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from ..lottery import distributed
-from ..lottery.cli import _session, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments
 from .jackpot import JackpotHparams
 
 _PREFIXED = ("steps", "lr", "momentum", "weight_decay", "schedule")
@@ -89,18 +88,13 @@ def jackpot(args: argparse.Namespace) -> int:
     except ValueError as e:
         name = str(e).split(":")[0]
         raise SystemExit(f"jackpot: {_flag(name)}{str(e)[len(name) :]}") from e
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
-    try:
-        rows = lottery_jackpot(Run(exp, runtime, args.replicate), densities, hp)
-        main = distributed.is_main()
-    except ValueError as e:
-        raise SystemExit(f"jackpot: {e}") from e
-    finally:
-        distributed.teardown()
-    if main:
+    done = _on_experiment(
+        args,
+        lambda exp, runtime: lottery_jackpot(Run(exp, runtime, args.replicate), densities, hp),
+        "jackpot",
+    )
+    if done:
+        rows = done[2]
         print(format_table(rows))
         print(f"results: {Path(rows[0]['directory']).parent / 'jackpot.json'}")
     return 0

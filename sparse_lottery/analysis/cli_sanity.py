@@ -12,8 +12,7 @@ Example:
 
 import argparse
 
-from ..lottery import distributed
-from ..lottery.cli import _session, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments
 from .sanity import METRICS
 
 
@@ -80,29 +79,25 @@ def sanity_arguments(parser: argparse.ArgumentParser) -> None:
 def sanity(args: argparse.Namespace) -> int:
     from .sanity import format_markdown, sanity_checks
 
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
-    try:
-        lrs = parse_lrs(args.lrs, exp.training.lr)
-        if args.levels < 1:
-            raise SystemExit(f"--levels: expected a positive int, got {args.levels}")
-        result = sanity_checks(
+    if not args.list and args.levels < 1:
+        raise SystemExit(f"--levels: expected a positive int, got {args.levels}")
+    done = _on_experiment(
+        args,
+        lambda exp, runtime: sanity_checks(
             exp,
             runtime,
-            lrs,
+            parse_lrs(args.lrs, exp.training.lr),
             args.levels,
             args.replicate,
             similar=args.similar,
             min_sparsity=args.min_sparsity,
             gap=args.gap,
             metric=args.metric,
-        )
-        main = distributed.is_main()  # asked before the process group is gone
-    finally:
-        distributed.teardown()
-    if main:
+        ),
+        "sanity",
+    )
+    if done:
+        result = done[2]
         print(format_markdown(result))
         print(f"results: {result['folder']}")
     return 0

@@ -15,8 +15,7 @@ Example:
 import argparse
 from pathlib import Path
 
-from ..lottery import distributed
-from ..lottery.cli import _session, add_experiment_arguments, parse_training_overrides
+from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_training_overrides
 from .transfer_model import FREEZES, RESETS
 
 _BASELINES = ("dense", "random")
@@ -71,22 +70,17 @@ def transfer(args: argparse.Namespace) -> int:
     resets = _names(args.resets, "--resets", RESETS)
     freezes = _names(args.freeze, "--freeze", FREEZES)
     baselines = _names(args.baselines, "--baselines", _BASELINES, allow_empty=True)
-    session = _session(args)
-    if session is None:
-        return 0
-    exp, runtime = session
-    try:
+
+    def work(exp, runtime):
         training = parse_training_overrides(args.target_training, exp.training,
                                             "--target-training")  # fmt: skip
-        result = run_transfer(Run(exp, runtime, args.replicate), args.target,
-                              range(1, args.levels + 1), resets, freezes, baselines,
-                              training)  # fmt: skip
-        main = distributed.is_main()
-    except ValueError as e:
-        raise SystemExit(f"transfer: {e}") from e
-    finally:
-        distributed.teardown()
-    if main:
+        return run_transfer(Run(exp, runtime, args.replicate), args.target,
+                            range(1, args.levels + 1), resets, freezes, baselines,
+                            training)  # fmt: skip
+
+    done = _on_experiment(args, work, "transfer")
+    if done:
+        result = done[2]
         print(format_table(result["rows"]))
         print(f"results: {Path(result['folder']) / 'transfer.json'}")
     return 0

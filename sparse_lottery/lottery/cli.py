@@ -103,9 +103,10 @@ def _session(args: argparse.Namespace):
     return exp, runtime
 
 
-def _on_experiment(args: argparse.Namespace, work):
+def _on_experiment(args: argparse.Namespace, work, command: str | None = None):
     """`work(exp, runtime)` inside the process group; (exp, runtime, its result) on rank 0,
-    None on other ranks and after --list."""
+    None on other ranks and after --list. With `command`, a ValueError from `work` exits with
+    its message after the command's name."""
     session = _session(args)
     if session is None:
         return None
@@ -113,6 +114,10 @@ def _on_experiment(args: argparse.Namespace, work):
     try:
         result = work(exp, runtime)
         main = distributed.is_main()  # before the group is gone
+    except ValueError as e:
+        if command is None:
+            raise
+        raise SystemExit(f"{command}: {e}") from e
     finally:
         distributed.teardown()
     return (exp, runtime, result) if main else None
