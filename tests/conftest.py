@@ -40,3 +40,13 @@ def device(request):
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def dtype(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A data folder with MNIST-1D generated once for the whole test session."""
+    import sparse_lottery as sl
+
+    path = tmp_path_factory.mktemp("data")
+    sl.data.load_dataset("mnist1d", path)
+    return path

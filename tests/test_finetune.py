@@ -19,13 +19,6 @@ from sparse_lottery.ops import unpack_mask
 T, K = 10, 3
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    sl.data.load_dataset("mnist1d", path)
-    return path
-
-
 def _flags(root, data_dir):
     return ["--steps", f"{T}it", "--eval-every", f"{T}it", "--no-progress", "--device", "cpu",
             "--execution", "dense", "--root", str(root), "--data-dir", str(data_dir)]  # fmt: skip

@@ -21,14 +21,6 @@ from sparse_lottery.lottery.schedule import learning_rate
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """MNIST-1D generated once for the module."""
-    path = tmp_path_factory.mktemp("data")
-    sl.data.load_dataset("mnist1d", path)
-    return path
-
-
 def tiny(steps="30it", **pruning) -> Experiment:
     return Experiment(
         training=TrainingHparams(steps=steps, lr=5e-3),

@@ -158,13 +158,6 @@ def test_swap_fraction_schedules():
 
 
 # --------------------------------------------------------------------------- searches on a run
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    sl.data.load_dataset("mnist1d", path)
-    return path
-
-
 def _run(root, data_dir, **runtime) -> Run:
     exp = Experiment(training=TrainingHparams(steps="20it"))
     options = {"device": "cpu", "progress": False, "eval_every": "4it", "execution": "dense"}

@@ -288,14 +288,6 @@ def test_format_markdown_and_jsonable():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """MNIST-1D generated once for the module."""
-    path = tmp_path_factory.mktemp("data")
-    sl.data.load_dataset("mnist1d", path)
-    return path
-
-
 def test_cli_sanity_end_to_end(tmp_path, data_dir, capsys):
     from sparse_lottery.__main__ import main
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import sparse_lottery as sl
 from sparse_lottery.__main__ import build_parser, main
 from sparse_lottery.analysis import (
     barrier,
@@ -129,13 +128,6 @@ def test_overlap_matrix_matches_the_pairwise_measures():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    sl.data.load_dataset("mnist1d", path)
-    return path
-
-
 def _flags(root, data_dir):
     # Dense execution: the copies' own evaluation and the path's use the same arithmetic, so
     # the path's endpoints reproduce the copies' test errors exactly.

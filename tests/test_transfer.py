@@ -27,13 +27,6 @@ from sparse_lottery.lottery.trainer import Segment, train_segment
 HEAD = "fc3"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    sl.data.load_dataset("mnist1d", path)
-    return path
-
-
 def _flags(root, data_dir):
     return ["--steps", "20it", "--prune-fraction", "0.5", "--root", str(root), "--data-dir",
             str(data_dir), "--device", "cpu", "--no-progress", "--eval-every", "10it"]  # fmt: skip
