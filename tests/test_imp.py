@@ -77,6 +77,26 @@ def test_tiny_imp_end_to_end(tmp_path, data_dir):
     assert again[2]["ticket"] == rows[2]["ticket"]
 
 
+def test_random_prune_masks_differ_between_replicates(tmp_path, data_dir):
+    """Each replicate's random-pruning baseline draws its own masks (same per-layer counts)."""
+    from sparse_lottery.lottery.runner import Run
+
+    exp = tiny(prune_fraction=0.5)
+    draws = []
+    for replicate in (0, 1):
+        run = Run(exp, runtime(tmp_path, data_dir), replicate)
+        model = run.build(0)
+        level = {k: torch.rand(m.shape, generator=torch.Generator().manual_seed(3)) < 0.3
+                 for k, m in sl.masks(model).items()}  # fmt: skip
+        draws.append(run._random_masks(model, level, 0, 1))
+        again = run._random_masks(run.build(0), level, 0, 1)
+        assert all(torch.equal(again[k], draws[-1][k]) for k in level)  # reproducible
+        assert {k: int(m.sum()) for k, m in draws[-1].items()} == {
+            k: int(m.sum()) for k, m in level.items()
+        }
+    assert any(not torch.equal(draws[0][k], draws[1][k]) for k in draws[0])
+
+
 def test_masks_only_shrink_and_pruned_weights_are_zero_after_training(tmp_path, data_dir):
     exp = tiny(prune_method="global_magnitude", prune_fraction=0.6)
     run_imp(exp, runtime(tmp_path, data_dir), levels=2)

@@ -39,7 +39,7 @@ from .trainer import Data, Runtime, Segment, train_segment
 log = logging.getLogger("sparse_lottery")
 
 BRANCHES = ("reinit", "random_prune", "retrain")
-_INIT_SALT, _PRUNE_SALT, _REINIT_SALT = 0x1417, 0x9A7E, 0x4E17
+_INIT_SALT, _PRUNE_SALT, _REINIT_SALT, _RANDOM_MASK_SALT = 0x1417, 0x9A7E, 0x4E17, 0x3A5C
 
 
 class Run:
@@ -239,11 +239,13 @@ class Run:
         return self.build(_REINIT_SALT + 1_000_003 * seed + self.seeds["init"]).state_dict()
 
     def _random_masks(self, model, level_masks, seed, level) -> dict[str, torch.Tensor]:
-        """Uniformly random masks with exactly the kept count of each layer of `level_masks`."""
+        """Uniformly random masks with exactly the kept count of each layer of `level_masks`,
+        drawn from the branch seed, the level and the replicate's init seed (replicates differ)."""
         load_masks(model, {k: torch.ones_like(m) for k, m in level_masks.items()})
         layers = dict(_masked_layers(model))
         counts = {name: int((~level_masks[_param_name(name)]).sum()) for name in layers}
-        gen = torch.Generator().manual_seed(_PRUNE_SALT + 7919 * seed + level)
+        salt = _RANDOM_MASK_SALT + 7919 * seed + 1_000_003 * self.seeds["init"]
+        gen = torch.Generator().manual_seed(salt + level)
         prune(model, 0, "random_layerwise", rates={_glob(n): c for n, c in counts.items()},
               generator=gen)  # fmt: skip
         return masks(model)
