@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The six analyses of the source research at full size on MNIST-1D, on the 2-core CPU machine
-# (about 45 minutes in all; every step resumes where it stopped if interrupted). Results
+# (about 25 minutes in all on a quiet machine; every step resumes where it stopped). Results
 # (Markdown, JSON, PNG) are collected in examples/results/, which examples/README.md shows.
 #
 #   bash examples/mnist1d_analyses.sh            # after scripts/setup.sh (or bash scripts/quickstart.sh)
@@ -33,9 +33,9 @@ sl transfer --root "$ROOT" --target mnist1d_shifted --levels 4 --prune-fraction 
 for name in stability sanity finetune jackpot transfer; do
   find "$ROOT" -name "$name.md" -o -name "$name.json" -o -name "$name.png" | sort |
     while read -r file; do
-      folder=$(basename "$(dirname "$file")")
+      flat=$(dirname "${file#"$ROOT"/}" | tr / _)  # the run folder, made one name
       mkdir -p "$OUT/$name"
-      cp "$file" "$OUT/$name/${folder}_$(basename "$file")"
+      cp "$file" "$OUT/$name/${flat}_$(basename "$file")"
     done
 done
 sl report "$ROOT" --out "$OUT/report"  # every experiment and every analysis above, with plots
