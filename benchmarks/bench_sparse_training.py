@@ -2,6 +2,8 @@
 optimiser) of a pruned layer, per method, over sparsity, in one run on the same random data.
 
   dense     torch.nn.Linear + torch.optim.SGD (no mask: what sparsity must beat)
+  dense B   a second, identical dense layer timed like every method: the A/A control, whose
+            ratio to dense is this run's own noise for that row (informative, judges nothing)
   prune     nn.Linear with torch.nn.utils.prune.custom_from_mask + SGD on weight_orig
   masked    sparse_lottery.nn.MaskedLinear (mask fused into dense products) + SGD
   sparse    sparse_lottery.nn.SparseLinear (stored weights only) + SGD on the values
@@ -149,6 +151,7 @@ def linear_methods(batch, k, n, sparsity, dtype, device, gen):
         steps[name], opt = _trainer(layer, x, gy)
         steps[name]()
         memory[name] = training_bytes(layer, opt)
+    steps["dense B"] = _trainer(copy.deepcopy(dense), x, gy)[0]
     steps["dense fwd"] = lambda: dense(x)
     csr = dense.weight.detach().to_sparse_csr()
     steps["csr fwd"] = lambda: torch.mm(csr, x.t()).t()
@@ -200,6 +203,7 @@ def conv_methods(batch, cin, cout, size, sparsity, dtype, device, gen):
         steps[name], opt = _trainer(layer, x, gy)
         steps[name]()
         memory[name] = training_bytes(layer, opt)
+    steps["dense B"] = _trainer(copy.deepcopy(dense), x, gy)[0]
     return steps, memory, choice
 
 
@@ -230,11 +234,12 @@ def markdown(rows, info) -> str:
         "One step = forward + input and weight gradients + SGD (momentum). Median ms over "
         "interleaved rounds; speedup = dense time / method time (median of per-round ratios; "
         "csr fwd: dense forward / CSR forward); memory = parameters + gradients + optimiser state "
-        "+ masks/indices, as a share of the dense layer's.",
+        "+ masks/indices, as a share of the dense layer's. A/A: a second identical dense layer "
+        "timed the same way (dense / dense B), the run's own spread for that row.",
         "",
-        "| layer | sparsity | dense ms | prune | masked | sparse | auto (pick) | csr fwd "
+        "| layer | sparsity | dense ms | A/A | prune | masked | sparse | auto (pick) | csr fwd "
         "| csr step | memory: masked | sparse | auto |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = []
     for r in rows:
@@ -244,7 +249,8 @@ def markdown(rows, info) -> str:
             return fmt.format(table[name]) if name in table else "n/a"
 
         lines.append(
-            f"| {r['layer']} | {r['sparsity']} | {r['ms']['dense']:.3g} | {cell('prune')} | "
+            f"| {r['layer']} | {r['sparsity']} | {r['ms']['dense']:.3g} | {cell('dense B')} | "
+            f"{cell('prune')} | "
             f"{cell('masked')} | {cell('sparse')} | {cell('auto')} ({r['auto_choice']}) | "
             f"{cell('csr fwd')} | {cell('csr step')} | {cell('masked', m, '{:.0%}')} | "
             f"{cell('sparse', m, '{:.0%}')} | {cell('auto', m, '{:.0%}')} |"
@@ -259,8 +265,10 @@ def verdicts(rows, device: str) -> list[str]:
             continue
         got = r["speedup"]["auto"]
         ok = "PASS" if got >= 1 - NOISE else "FAIL"
+        control = f" (A/A {r['speedup']['dense B']:.2f}×)" if "dense B" in r["speedup"] else ""
         out.append(
-            f"{ok}: auto not slower than dense [{r['layer']}, sparsity {r['sparsity']}]: {got:.2f}×"
+            f"{ok}: auto not slower than dense [{r['layer']}, sparsity {r['sparsity']}]: "
+            f"{got:.2f}×{control}"
         )
         if not r["large"]:
             continue
