@@ -12,7 +12,7 @@ Example:
 
 import argparse
 
-from ..lottery.cli import _on_experiment, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_list
 from .cli_sanity import parse_lrs
 from .sanity import METRICS
 
@@ -26,16 +26,9 @@ def parse_replicates(text: str, default: int) -> list[int]:
     """
     if not text.strip():
         return [default]
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0 or len(set(values)) != len(values):
-        raise SystemExit(
-            f"--replicates: expected distinct replicate numbers >= 0, comma-separated "
-            f"(e.g. '0,1,2'), got {text!r}"
-        )
-    return values
+    return parse_list(
+        text, "--replicates", int, lambda r: r >= 0, "distinct replicate numbers >= 0", "0,1,2"
+    )
 
 
 def finetune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,13 +52,7 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_ps(text: str) -> list[float]:
-    try:
-        ps = [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        ps = []
-    if not ps or any(not 0 < p <= 1 for p in ps):
-        raise SystemExit(f"--ps: expected fractions in (0, 1], comma-separated, got {text!r}")
-    return ps
+    return parse_list(text, "--ps", float, lambda p: 0 < p <= 1, "fractions in (0, 1]", "0.1,0.5")
 
 
 def finetune(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from ..lottery.cli import _on_experiment, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_list
 from .jackpot import JackpotHparams
 
 _PREFIXED = ("steps", "lr", "momentum", "weight_decay", "schedule")
@@ -31,16 +31,9 @@ def parse_densities(text: str) -> list[float]:
         >>> parse_densities("0.2, 0.05")
         [0.2, 0.05]
     """
-    try:
-        values = [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not 0 < d <= 1 for d in values):
-        raise SystemExit(
-            f"--density: expected fractions in (0, 1] kept, comma-separated (e.g. '0.1,0.05'), "
-            f"got {text!r}"
-        )
-    return values
+    return parse_list(
+        text, "--density", float, lambda d: 0 < d <= 1, "fractions in (0, 1] kept", "0.1,0.05"
+    )
 
 
 def jackpot_arguments(parser: argparse.ArgumentParser) -> None:

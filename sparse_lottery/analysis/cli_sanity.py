@@ -12,7 +12,7 @@ Example:
 
 import argparse
 
-from ..lottery.cli import _on_experiment, add_experiment_arguments
+from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_list
 from .sanity import METRICS
 
 
@@ -25,16 +25,9 @@ def parse_lrs(text: str, default: float) -> list[float]:
     """
     if not text.strip():
         return [default / 10, default]
-    try:
-        lrs = [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        lrs = []
-    if not lrs or any(not lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
-        raise SystemExit(
-            f"--lrs: expected distinct positive learning rates, comma-separated "
-            f"(e.g. '0.01,0.1'), got {text!r}"
-        )
-    return lrs
+    return parse_list(
+        text, "--lrs", float, lambda lr: lr > 0, "distinct positive learning rates", "0.01,0.1"
+    )
 
 
 def sanity_arguments(parser: argparse.ArgumentParser) -> None:

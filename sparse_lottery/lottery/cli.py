@@ -91,6 +91,25 @@ def _listing() -> str:
     return "\n".join(lines)
 
 
+def parse_list(text: str, flag: str, kind, valid, expected: str, example: str) -> list:
+    """Comma-separated `kind` values of `flag`, distinct and each passing `valid`; else exit
+    with "`flag`: expected `expected`, comma-separated (e.g. `example`), got `text`".
+
+    Example:
+        >>> parse_list("0.5, 0.1", "--x", float, lambda v: v > 0, "positive numbers", "1,2")
+        [0.5, 0.1]
+    """
+    try:
+        values = [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(valid(v) for v in values) or len(set(values)) != len(values):
+        raise SystemExit(
+            f"{flag}: expected {expected}, comma-separated (e.g. {example!r}), got {text!r}"
+        )
+    return values
+
+
 def _session(args: argparse.Namespace):
     """Parse, set threads and the process group; (exp, runtime) or None after --list."""
     if args.list:
