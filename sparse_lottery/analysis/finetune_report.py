@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ..lottery.report import _save
+from ..lottery.report import _save, markdown_table
 from ._output import write_files
 from .sanity import _jsonable, _key
 
@@ -60,14 +60,14 @@ def format_markdown(result: dict) -> str:
     methods, ps = result["methods"], result["ps"]
     names = [LABELS[m] + (f" (k={result['k']})" if m == "rewind" else "") for m in methods]
     head = ["sparsity", "level", "lr", *names, "best"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     groups = group(result["rows"])
     for (lr, level), rows in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
         accs = {m: [r["accuracy"][m] for r in rows] for m in methods}
         best = max(methods, key=lambda m: statistics.fmean(accs[m]))
         cells = [f"{rows[0]['sparsity']:.4f}", str(level), _key(lr)]
-        lines.append("| " + " | ".join(cells + [cell(accs[m]) for m in methods]
-                                       + [LABELS[best]]) + " |")  # fmt: skip
+        body.append(cells + [cell(accs[m]) for m in methods] + [LABELS[best]])
+    lines = [markdown_table(head, body)]
     p_text = " / ".join(_key(p) for p in ps)
     if result["dense"]:
         lines += ["", f"Dense networks (sparsity 0); R_p(θ0, θT) at p = {p_text}", "",

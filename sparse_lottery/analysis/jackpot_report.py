@@ -11,7 +11,7 @@ Example:
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery.report import save_figure
+from ..lottery.report import markdown_table, save_figure
 from ._output import write_files
 
 
@@ -34,7 +34,7 @@ def format_table(rows: Sequence[dict]) -> str:
         "best jackpot acc",
         "IoU(initial, found)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         cells = [f"{r['density']:.4f}", str(r["steps"])]
         cells += [
@@ -42,8 +42,8 @@ def format_table(rows: Sequence[dict]) -> str:
             for k in ("dense_accuracy", "magnitude_accuracy", "test_accuracy", "best_test_accuracy")
         ]
         cells.append(f"{r['iou']:.4f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def plot(rows: Sequence[dict], path: Path) -> Path | None:

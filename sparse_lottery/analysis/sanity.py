@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..lottery.report import save_figure
+from ..lottery.report import markdown_table, save_figure
 from ..models import mlp
 from ._output import write_files
 
@@ -546,7 +546,7 @@ def format_markdown(result: dict) -> str:
         | 0.1000 | 0.1 | 92.00 | 88.00 | 91.80 | 90.00 | – | – | ✓✓✓✓✓ | jackpot |
     """
     head = ["density", "lr", *(_LABELS[m] for m in REPORTED), "conditions 1–5", "outcome"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for row in result["densities"]:
         per_lr = {r["lr"]: r for r in row["verdict"]["per_lr"]}
         for lr in result["lrs"]:
@@ -560,7 +560,8 @@ def format_markdown(result: dict) -> str:
                 cells.append(judged["outcome"])
             else:
                 cells += ["–", "–"]
-            lines.append("| " + " | ".join(cells) + " |")
+            body.append(cells)
+    lines = [markdown_table(head, body)]
     lines += [
         "",
         "| density | sparsity | verdict | at lr | failed there |",

@@ -10,7 +10,7 @@ Example:
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery.report import save_figure
+from ..lottery.report import markdown_table, save_figure
 from ._output import write_files
 
 
@@ -39,7 +39,7 @@ def format_table(rows: Sequence[dict]) -> str:
         "matching",
         "L2(W1, W2)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         cells = [
             str(r["level"]),
@@ -54,8 +54,8 @@ def format_table(rows: Sequence[dict]) -> str:
             "yes" if r["matching"] else "no",
             f"{r['l2_distance']:.3f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def plot_paths(rows: Sequence[dict], path: Path) -> Path | None:

@@ -11,7 +11,7 @@ Example:
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery.report import save_figure
+from ..lottery.report import markdown_table, save_figure
 from ._output import write_files
 
 _COLOURS = {"late": "tab:blue", "init": "tab:orange", "fresh": "tab:green"}
@@ -37,7 +37,7 @@ def format_table(rows: Sequence[dict]) -> str:
         | frozen | 1 | 0.8000 | late | 0.6000 | – |
     """
     head = ["freeze", "level", "density", "reset", "ticket acc", "random ticket acc"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for r in rows:
         if r["kind"] == "random":
             continue
@@ -51,8 +51,8 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{r['test_accuracy']:.4f}",
             f"{twin['test_accuracy']:.4f}" if twin else "–",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def format_markdown(result: dict) -> str:

@@ -25,6 +25,7 @@ import torch
 from . import distributed
 from .hparams import SECTIONS, TrainingHparams
 from .presets import PRESETS, apply_preset
+from .report import markdown_table
 from .runner import BRANCHES, Run, run_imp
 from .trainer import Runtime
 
@@ -171,14 +172,14 @@ def format_table(rows: list[dict], baselines: tuple[str, ...]) -> str:
     """Markdown table: level, density, test accuracy of the ticket and each baseline."""
     head = ["level", "density", "ticket acc", *[f"{b} acc" for b in baselines], "early stop it",
             "seconds"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     for row in rows:
         t = row["ticket"]
         cells = [str(row["level"]), f"{row['density']:.4f}", f"{t['test_accuracy']:.4f}"]
         cells += [f"{row[b]['test_accuracy']:.4f}" if b in row else "–" for b in baselines]
         cells += [str(t["early_stop_step"]), f"{t['seconds']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,7 +57,7 @@ def table(rows: list[dict]) -> str:
     replicates when there are several)."""
     methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "ticket", m))
     head = ["level", "density", *[f"{m} acc" for m in methods], "early stop it", "seconds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    body = []
     groups = _by(rows, "level", "method")
     for level in sorted({r["level"] for r in rows}):
         ticket = groups.get((level, "ticket"), [])
@@ -73,8 +73,8 @@ def table(rows: list[dict]) -> str:
         stops = [r["early_stop_step"] for r in ticket if r["early_stop_step"] is not None]
         cells.append(str(round(statistics.fmean(stops))) if stops else "–")
         cells.append(f"{statistics.fmean(r['seconds'] for r in ticket):.1f}" if ticket else "–")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def plot(rows: list[dict], out: Path) -> list[Path]:
@@ -128,6 +128,20 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
     ax.set(xlabel="level", ylabel="seconds", title="training time per level (ticket)")
     paths.append(_save(fig, ax, out / "time_per_level.png", legend_size=None, grid_axis="y"))
     return paths
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header line, its rule, then one line per row of cells.
+
+    Example:
+        >>> print(markdown_table(["a", "b"], [["1", "2"]]))
+        | a | b |
+        |---|---|
+        | 1 | 2 |
+    """
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -218,9 +232,10 @@ def analysis_sections(root: Path, out: Path) -> tuple[list[str], list[str]]:
         if image.is_file():
             copy = out / "analyses" / f"{'_'.join(where.parts) or 'root'}_{image.name}"
             copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_bytes(image.read_bytes())
+            png = image.read_bytes()
+            copy.write_bytes(png)
             md += [f"![{name}]({copy.relative_to(out)})", ""]
-            data = base64.b64encode(image.read_bytes()).decode()
+            data = base64.b64encode(png).decode()
             body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
     return md, body
 
