@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 from setuptools import find_packages, setup
 
@@ -60,6 +61,19 @@ def find_cuda_toolkit() -> str | None:
     candidates.append("/usr/local/cuda")
     candidates.extend(sorted(glob.glob("/usr/local/cuda-*"), reverse=True))
     return next((c for c in candidates if _is_toolkit(c)), None)
+
+
+# The C++ standard library must be the shared one that PyTorch uses. Some toolchains' g++ links
+# it statically by default (the lent GPU image's wrapper did, 2026-11-22): the extension then had
+# a private copy whose locale was never initialised, and every TORCH_CHECK message that formats a
+# number crashed (SIGSEGV in std::ostream) instead of raising. Naming the shared library by file
+# (the driver maps a plain -lstdc++ to the static archive there) before the driver's own makes
+# the linker resolve everything from it.
+_SHARED_LIBSTDCXX = (
+    ["-Wl,--push-state,--no-as-needed,-Bdynamic", "-l:libstdc++.so.6", "-Wl,--pop-state"]
+    if sys.platform.startswith("linux")
+    else []
+)
 
 
 def extension_modules():
@@ -114,7 +128,7 @@ def extension_modules():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=openmp,
+        extra_link_args=openmp + _SHARED_LIBSTDCXX,
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

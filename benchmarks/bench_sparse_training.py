@@ -328,6 +328,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-convs", action="store_true", help="skip the convolution layers")
     parser.add_argument("--layers", default="", help="only layers whose name contains this")
+    parser.add_argument(
+        "--sparsities",
+        default=",".join(map(str, SPARSITIES)),
+        help="comma-separated sparsities (default: the issue's seven)",
+    )
     parser.add_argument("--out", default=None, help="output path without extension")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -340,7 +345,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     timer = Timer(args.device)
     info = machine(args.device, ("sparse_linear", "sparse_linear_backward", "masked_linear"))
-    sparsities = (0.0, 0.9, 0.99) if args.quick else SPARSITIES
+    sparsities = (0.0, 0.9, 0.99) if args.quick else [float(s) for s in args.sparsities.split(",")]
     rows = []
     configs = [("linear", c) for c in linear_layers(args.device, args.quick)]
     if not args.no_convs:

@@ -86,6 +86,12 @@ def _panel(t: torch.Tensor, cols: int) -> torch.Tensor:
     return t.reshape(-1, cols).t().contiguous()
 
 
+def _unpanel(tT: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """The contiguous (*lead, rows) result of a (rows × batch) panel product, the layout the
+    fake kernels promise (a transposed view would differ from them in strides)."""
+    return tT.t().contiguous().reshape(*lead, tT.shape[0])
+
+
 def spmm(offsets, idx, values, panel, bias=None) -> torch.Tensor:
     """(rows × B) = the sparse rows (offsets, idx, values) times `panel` (· × B)."""
     rows, batch = offsets.numel() - 1, panel.shape[1]
@@ -102,10 +108,8 @@ def spmm(offsets, idx, values, panel, bias=None) -> torch.Tensor:
 
 
 def sparse_linear_forward(input, values, row_offsets, col_indices, bias) -> torch.Tensor:
-    k = input.shape[-1]
-    n = row_offsets.numel() - 1
-    yT = spmm(row_offsets, col_indices, values, _panel(input, k), bias)
-    return yT.t().reshape(*input.shape[:-1], n)
+    yT = spmm(row_offsets, col_indices, values, _panel(input, input.shape[-1]), bias)
+    return _unpanel(yT, input.shape[:-1])
 
 
 def sparse_linear_grads(grad_output, input, values, row_offsets, col_indices, col_offsets,
@@ -116,7 +120,7 @@ def sparse_linear_grads(grad_output, input, values, row_offsets, col_indices, co
     if output_mask[0]:
         csc_values = values.index_select(0, csr_positions)
         dxT = spmm(col_offsets, row_indices, csc_values, dyT)
-        grad_input = dxT.t().reshape(*grad_output.shape[:-1], k)
+        grad_input = _unpanel(dxT, grad_output.shape[:-1])
     if output_mask[1]:
         grad_values = torch.empty_like(values)
         batch = dyT.shape[1]

@@ -5,9 +5,19 @@ that expects such an error crashed its process with SIGSEGV instead. `gpu_sessio
 this file plainly and under cuda-gdb (which prints the native stack of the crash).
 """
 
+import os
+import sys
+
 import torch
 
+if os.environ.get("SL_PROBE_NO_TRITON"):
+    sys.modules["triton"] = None  # an ImportError for triton: is the crash Triton's libraries'?
 import sparse_lottery  # noqa: F401  (registers the ops)
+
+with open("/proc/self/maps") as maps:
+    libs = {line.split()[-1].rsplit("/", 1)[-1] for line in maps}
+runtime = ("stdc++", "gcc_s", "unwind")
+print("loaded:", sorted(lib for lib in libs if any(name in lib for name in runtime)))
 
 CASES = {
     "aten RuntimeError": lambda: torch.mm(torch.randn(2, 3), torch.randn(2, 3)),

@@ -49,10 +49,19 @@ tests() {
 }
 
 probe() {
-    log "argument errors raised in the extension: plainly, then the native stack under cuda-gdb"
-    timeout 60 $PY scripts/gpu_error_probe.py 2>&1 | tail -8
-    timeout 90 cuda-gdb -q -batch -ex run -ex bt --args $PY scripts/gpu_error_probe.py 2>&1 \
-        | grep -v "^\[New Thread\|^\[Thread\|^\[Detaching" | tail -30
+    log "argument errors raised in the extension: diagnostics, plainly, then the native stack"
+    local so; so=$(ls sparse_lottery/_C*.so | head -1)
+    $PY -c 'import torch; print("torch cxx11 abi", torch._C._GLIBCXX_USE_CXX11_ABI); print(torch.__config__.show().splitlines()[1:4])'
+    ${CXX:-g++} --version | head -1; which g++ c++ gcc
+    readelf -p .comment "$so" 2>/dev/null | grep -v "^$" | head -5
+    ldd "$so" | grep -i "stdc\|gcc\|gomp\|unwind\|torch_python"
+    nm -D --undefined-only "$so" | grep -i "unwind\|cxa_throw" | head
+    timeout 60 $PY scripts/gpu_error_probe.py 2>&1 | tail -12
+    SL_PROBE_NO_TRITON=1 timeout 60 $PY scripts/gpu_error_probe.py 2>&1 | tail -5
+    timeout 300 $PY scripts/gpu_throw_matrix.py
+    local dbg; dbg=$(command -v gdb || command -v cuda-gdb)
+    timeout 120 "$dbg" -q -batch -ex run -ex "bt 12" --args $PY scripts/gpu_error_probe.py 2>&1 \
+        | grep -v "^\[New Thread\|^\[Thread\|^\[Detaching" | grep -v "^0x.*/python3\.12/site-packages/\(nvidia\|numpy\)" | tail -30
 }
 
 smoke() {

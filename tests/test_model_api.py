@@ -219,6 +219,7 @@ def test_to_torch_prune_round_trip():
 
 # --------------------------------------------------------------------------- quick start
 def test_load_mnist1d_generates_and_caches(tmp_path):
+    pytest.importorskip("mnist1d", reason="the mnist1d package generates the data")
     from sparse_lottery.quickstart import load_mnist1d
 
     data = load_mnist1d(tmp_path / "data")

@@ -84,10 +84,10 @@ def _set_grads(params, twins, gen, keeps):
     twin list its own from its parameters, masked (grad ⊙ mask, the masked problem)."""
     for i, p in enumerate(params):
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-        p.grad = (0.1 * p.detach().double() + noise).to(p.dtype)
+        p.grad = (0.1 * p.detach().double() + noise.to(p.device)).to(p.dtype)
         for twin in twins:
             q = twin[i]
-            g = (0.1 * q.detach().double() + noise).to(q.dtype)
+            g = (0.1 * q.detach().double() + noise.to(q.device)).to(q.dtype)
             q.grad = g if keeps[i] is None else g * keeps[i]
 
 
