@@ -4,9 +4,11 @@
 // by the forward is saved for the backward (as autograd would save weight * mask); no
 // Python runs per step (a Python autograd function cost ~0.5 ms per training step, more than
 // a small convolution's whole budget for the mask).
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <vector>
@@ -41,6 +43,30 @@ void check_masked_conv(const at::Tensor& input, const at::Tensor& weight, const 
   check_mask(mask, weight.sizes());
 }
 
+// True when a CPU mask keeps every weight (a dense level, an unpruned layer): the convolution of
+// weight ⊙ mask is then exactly the plain one, and the forward's and backward's mask passes (two
+// weight-sized copies and an allocation each, ~1% of a small layer's step) can be skipped.
+// Reading a few bytes of the packed mask is far cheaper than either pass. Masks on other devices
+// are not read (that would synchronise), nor fake or functional tensors (no data under tracing).
+bool keeps_all(const at::Tensor& mask, at::IntArrayRef sizes) {
+  if (!mask.device().is_cpu() || at::isTensorSubclassLike(mask)) return false;
+  const at::Tensor m = mask.contiguous();
+  if (m.scalar_type() == at::kBool) {
+    const bool* p = m.const_data_ptr<bool>();
+    return std::all_of(p, p + m.numel(), [](bool kept) { return kept; });
+  }
+  const auto [rows, cols] = gemm_view(sizes);
+  const int64_t bytes = packed_row_bytes(cols);
+  const uint8_t last = cols % 8 ? static_cast<uint8_t>((1u << (cols % 8)) - 1) : 0xFF;
+  const uint8_t* p = m.const_data_ptr<uint8_t>();
+  for (int64_t r = 0; r < rows && bytes > 0; ++r) {
+    const uint8_t* row = p + r * bytes;
+    if (!std::all_of(row, row + bytes - 1, [](uint8_t b) { return b == 0xFF; })) return false;
+    if (row[bytes - 1] != last) return false;
+  }
+  return true;
+}
+
 std::vector<c10::SymInt> zeros_like(c10::SymIntArrayRef a) {
   return std::vector<c10::SymInt>(a.size(), c10::SymInt(0));
 }
@@ -66,9 +92,11 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView guard;
     check_masked_conv(input, weight, mask, bias);
+    const bool full = keeps_all(mask, weight.sizes());
+    ctx->saved_data["full"] = full;
     // The kernel's two steps, so that the masked weight the forward made serves the backward
     // too (one apply_mask and one allocation fewer per step than recomputing it there).
-    at::Tensor masked_weight = call_apply_mask(weight, mask);
+    at::Tensor masked_weight = full ? weight : call_apply_mask(weight, mask);
     ctx->save_for_backward({input, masked_weight, mask});
     return at::convolution_symint(input, masked_weight, bias, stride, padding, dilation, false,
                                   zeros_like(padding), std::move(groups));
@@ -88,7 +116,9 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
         bias_sizes ? std::optional<c10::SymIntArrayRef>(*bias_sizes) : std::nullopt, stride,
         padding, dilation, false, zeros_like(padding), ctx->saved_data["groups"].toSymInt(),
         output_mask);
-    if (grad_weight.defined()) grad_weight = call_apply_mask(grad_weight, mask);
+    if (grad_weight.defined() && !ctx->saved_data["full"].toBool()) {
+      grad_weight = call_apply_mask(grad_weight, mask);
+    }
     return {grad_input, grad_weight, at::Tensor(), grad_bias,
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -102,7 +132,9 @@ at::Tensor masked_conv(const at::Tensor& input, const at::Tensor& weight, const 
                        c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
                        c10::SymInt groups) {
   check_masked_conv(input, weight, mask, bias);
-  return at::convolution_symint(input, call_apply_mask(weight, mask), bias, stride, padding,
+  const at::Tensor masked_weight =
+      keeps_all(mask, weight.sizes()) ? weight : call_apply_mask(weight, mask);
+  return at::convolution_symint(input, masked_weight, bias, stride, padding,
                                 dilation, false, zeros_like(padding), std::move(groups));
 }
 

@@ -407,3 +407,27 @@ def _ddp_worker(rank, world, port):
 
 def test_ddp_broadcasts_mask_and_keeps_pruned_grads_zero():
     mp.spawn(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 3, 3), (4, 8, 1, 1), (2, 1, 1, 3)])
+@pytest.mark.parametrize("form", ["packed", "bool"])
+def test_masked_conv_full_mask_shortcut_is_exact(shape, form):
+    """A mask that keeps every weight skips the mask passes (CPU): results and gradients must be
+    the plain convolution's, and clearing any one bit (the last, in a partial byte or not) must
+    bring the mask back."""
+    torch.manual_seed(0)
+    weight = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, shape[1], 5, 6, dtype=torch.float64, requires_grad=True)
+    for keep_last in (True, False):
+        keep = torch.ones(shape, dtype=torch.bool)
+        keep.view(-1)[-1] = keep_last
+        mask = sl.pack_mask(keep) if form == "packed" else keep
+        out = sl.ops.masked_conv2d(x, weight, mask, None, [1, 1], [1, 1], [1, 1], 1)
+        ref = torch.nn.functional.conv2d(x, weight * keep, None, 1, 1)
+        gy = torch.randn_like(ref)
+        got = torch.autograd.grad(out, [x, weight], gy)
+        want = torch.autograd.grad(ref, [x, weight], gy)
+        torch.testing.assert_close(out, ref)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        assert bool((got[1].view(-1)[-1] == 0) != keep_last)
