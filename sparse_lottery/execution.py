@@ -140,26 +140,37 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
     Measurements are reused: the dense time does not depend on the density, and the sparse
     step only gets cheaper as the density falls, so a layer whose sparse form won at some
     density takes it at every lower one, and one whose sparse form lost keeps dense at every
-    higher one (IMP's levels only lower the density)."""
+    higher one (IMP's levels only lower the density). Below a lost density d₀ the sparse step
+    is not measured again until it could win: a step costing a + b·d (fixed work plus work per
+    stored weight) takes at least t(d₀)·d/d₀ at density d ≤ d₀, so while that bound is not
+    below the margin the layer stays dense without a measurement (an IMP level then chooses in
+    microseconds instead of timing every layer's losing sparse form again)."""
     weight = layer.weight
     config = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
               tuple(input_shape))  # fmt: skip
     density = round(layer.density, 3)
-    known = _decisions.setdefault(config, {"won": -1.0, "lost": 2.0, "dense": None})
+    known = _decisions.setdefault(
+        config, {"won": -1.0, "lost": 2.0, "dense": None, "lost_time": 0.0}
+    )
     if density <= known["won"]:
         return "sparse"
     if density >= known["lost"]:
         return "dense"
-    x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
-    if known["dense"] is None:
-        known["dense"] = _step_time(layer, x)
     t_dense = known["dense"]
+    if t_dense is not None and known["lost_time"] * density / known["lost"] >= (
+        SPARSE_MARGIN * t_dense
+    ):
+        return "dense"  # cannot win yet (see the bound above)
+    x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
+    if t_dense is None:
+        t_dense = known["dense"] = _step_time(layer, x)
     sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
     t_sparse = _step_time(sparse, x, give_up=GIVE_UP * t_dense)
     if t_sparse < SPARSE_MARGIN * t_dense:
         known["won"] = max(known["won"], density)
         return "sparse"
-    known["lost"] = min(known["lost"], density)
+    if density < known["lost"]:
+        known["lost"], known["lost_time"] = density, t_sparse
     return "dense"
 
 
@@ -167,7 +178,8 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
                give_up: float = float("inf"), min_seconds: float = 0.02) -> float:  # fmt: skip
     """Best timing of forward + backward (input and parameter gradients) over at least `reps`
     repetitions and `min_seconds` of them (a small layer's single steps are noisy), at most 50;
-    only the warm-up's time when that exceeds `give_up` seconds."""
+    when the warm-up exceeds `give_up` seconds, the better of it and one more step (a warm-up
+    may carry one-time costs, and `choose` bounds later densities by this time)."""
     x = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     out = layer(x)
@@ -184,7 +196,7 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
 
     best = timed()  # warm-up
     if best > give_up:
-        return best
+        return min(best, timed())
     times = [timed() for _ in range(reps)]
     while sum(times) < min_seconds and len(times) < 50:
         times.append(timed())

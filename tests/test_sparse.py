@@ -350,6 +350,36 @@ def test_auto_reuses_measurements_across_densities(monkeypatch):
     execution._decisions.clear()
 
 
+def test_auto_skips_sparse_measurements_that_cannot_win(monkeypatch):
+    """After the sparse step lost at density d₀ in time t₀, it is measured again only at
+    densities d where t₀·d/d₀ < SPARSE_MARGIN · dense time (here: sparse time 2·d, dense 1)."""
+    from sparse_lottery import execution
+
+    execution._decisions.clear()
+    layer = sl.nn.MaskedLinear(64, 64)
+    timed = []
+
+    def fake(module, x, **kw):
+        if isinstance(module, sl.nn.MaskedLinear):
+            timed.append("dense")
+            return 1.0
+        timed.append("sparse")
+        return 2.0 * module.values.numel() / (module.in_features * module.out_features)
+
+    monkeypatch.setattr(execution, "_step_time", fake)
+    keep = torch.rand(64, 64)
+    for density, form, measured in (
+        (0.8, "dense", ["dense", "sparse"]),  # loses: 1.6 ≥ 0.9
+        (0.5, "dense", []),  # bound 1.6·0.5/0.8 = 1.0 ≥ 0.9: not measured
+        (0.4, "sparse", ["sparse"]),  # bound 0.8 < 0.9: measured, and 0.8 wins
+        (0.1, "sparse", []),  # sparser than a win
+    ):
+        before = len(timed)
+        layer.set_mask(keep < density)
+        assert (execution.choose(layer, (8, 64)), timed[before:]) == (form, measured), density
+    execution._decisions.clear()
+
+
 def test_step_time_gives_up_after_a_slow_warm_up():
     from sparse_lottery import execution
 
@@ -358,7 +388,7 @@ def test_step_time_gives_up_after_a_slow_warm_up():
     real_forward = layer.forward
     layer.forward = lambda x: calls.append(1) or real_forward(x)
     execution._step_time(layer, torch.randn(4, 8), reps=3, give_up=0.0)
-    assert len(calls) == 2  # the shape probe and the warm-up step, no timed repetitions
+    assert len(calls) == 3  # the shape probe, the warm-up step and one more, no repetitions
     calls.clear()
     execution._step_time(layer, torch.randn(4, 8), reps=3, min_seconds=0.0)
     assert len(calls) == 5
