@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_session.sh build probe test     # first call (~8 min): build, tests
 #   bash scripts/gpu_session.sh build bench          # second call (extension carried or rebuilt)
+#   TEST_K="opcheck or errors" bash scripts/gpu_session.sh test   # a pytest -k selection only
 #
 # Carry the built extension (copied to $OUT by `build`) into later calls: a fresh machine then
 # skips the build. Benchmarks take a call of their own: the full CUDA test run alone took more
@@ -44,7 +45,7 @@ tests() {
         tests/test_selection_cuda.py tests/test_selection_kernels.py tests/test_sparse.py \
         tests/test_layers.py tests/test_triton_kernels.py tests/test_triton_selection.py \
         tests/test_triton_sparse.py tests/test_model_api.py tests/test_backends.py \
-        --durations=15 --junitxml="$OUT/tests.xml" ${TEST_ARGS:-} 2>&1 | tee "$OUT/tests.log" \
+        --durations=15 --junitxml="$OUT/tests.xml" ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUT/tests.log" \
         | grep -v "^  File\|^Thread\|^Current thread\|^$\|^Extension modules" | tail -60
 }
 
