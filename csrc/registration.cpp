@@ -126,6 +126,8 @@ TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) {
   SL_REGISTER(cpu);
   m.impl("sparse_linear", &sparse_linear_cpu);
   m.impl("sparse_linear_backward", &sparse_linear_backward_cpu);
+  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+  m.impl("sparse_conv2d_backward", &sparse_conv2d_backward_cpu);
 }
 
 #ifdef WITH_CUDA

@@ -1,0 +1,322 @@
+// sparse_conv2d and its backward on the CPU: a direct sparse convolution (no im2col), W (N×K,
+// K = C·kh·kw) stored as in sparse_linear (sparse_checks.h).
+//
+// Layout: the input is copied once, zero-padded, into a "grid" (C, batch·Hp·Wp): per channel the
+// batch's padded images one after another (Hp = H + 2ph, Wp = W + 2pw). On the grid a stride-1
+// convolution is a shift: output (b, h, w) sits at t = b·Hp·Wp + h·Wp + w and reads the input at
+// t + shift, shift = i·dh·Wp + j·dw for the stored weight (ci, i, j). So each stored weight is
+// one multiply-add over a long contiguous run of the grid — vectorised, with no bounds per row
+// or image — at the price of also computing the grid's non-output positions (discarded):
+// Hp·Wp / (OH·OW) of the useful work, 1.13 at 32×32, 1.56 at 8×8 (3×3, padding 1). A stride
+// s > 1 computes the stride-1 grid and keeps every s-th position (s² the work: correct, not fast).
+//   forward:  y[co][t] = bias[co] + Σ_{e in row co} v_e · x[ci_e][t + shift_e]
+//   d_input:  dx[ci][u] = Σ_{e in the columns of ci} v_e · dy[co_e][u − shift_e], dy placed on
+//             the grid at the output positions (zero elsewhere) after a zero margin of the
+//             largest shift, so that u − shift never leaves the plane;
+//   d_values: d_values[e] = Σ_t dy[co_e][t] · x[ci_e][t + shift_e] (dy zero off the outputs).
+// The forward and d_input keep a strip of kStrip outputs of one row in registers while they run
+// over the row's stored weights (sparse_kernels.h's spmm with a shift for a row index): one load
+// and one FMA per vector and stored weight; half types are computed in float.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../sparse_checks.h"
+#include "../sparse_lottery.h"
+#include "dynamic_for.h"
+#include "panels.h"
+#include "sparse_kernels.h"
+
+namespace sparse_lottery {
+namespace {
+
+namespace sp = cpu::sparse;
+
+constexpr int64_t kRowsPerItem = 4;  // rows (output or input channels) per work item
+
+template <class A>
+inline sp::vec_t<A> loadu(const A* p) {  // grid runs start anywhere: unaligned
+  sp::vec_t<A> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <class A>
+inline void storeu(A* p, sp::vec_t<A> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// The grid geometry of one call (see the top of the file); S is the strip of the acc type.
+struct Grid {
+  int64_t Hp, Wp, cells;  // padded image, batch·Hp·Wp
+  int64_t max_shift;      // shift of the last kernel tap
+  int64_t T;              // outputs computed: [0, T), whole strips, covering every output
+  int64_t x_plane;        // input grid plane: T + max_shift ≥ cells
+  int64_t u_plane;        // output / d_input grid plane: cells in whole strips (≥ T)
+  int64_t dy_plane;       // dy grid plane: margin max_shift, then u_plane
+};
+
+Grid grid_of(const ConvShape& s, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t S) {
+  Grid g;
+  g.Hp = s.H + 2 * padding[0];
+  g.Wp = s.W + 2 * padding[1];
+  g.cells = s.batch * g.Hp * g.Wp;
+  g.max_shift = (s.kh - 1) * dilation[0] * g.Wp + (s.kw - 1) * dilation[1];
+  g.T = round_up(std::max<int64_t>(g.cells - g.max_shift, 1), S);
+  g.x_plane = g.T + g.max_shift;
+  g.u_plane = std::max(g.T, round_up(g.cells, S));
+  g.dy_plane = g.max_shift + g.u_plane;
+  return g;
+}
+
+// The (channels, batch, Hp, Wp) view of a grid whose images start at `front` of each plane.
+at::Tensor images(const at::Tensor& grid, int64_t front, const Grid& g, int64_t batch) {
+  return grid.narrow(1, front, g.cells).view({grid.size(0), batch, g.Hp, g.Wp});
+}
+
+// The positions (top + step·r, left + step·c) of an image view for r < rows, c < cols.
+at::Tensor at_positions(const at::Tensor& view, int64_t top, int64_t left, at::IntArrayRef step,
+                        int64_t rows, int64_t cols) {
+  return view.slice(2, top, top + step[0] * (rows - 1) + 1, step[0])
+      .slice(3, left, left + step[1] * (cols - 1) + 1, step[1]);
+}
+
+// A zeroed grid (channels, plane) in `dtype` holding t (batch, channels, h, w) at the positions
+// (top + step·r, left + step·c) of its images, which start at `front`.
+at::Tensor to_grid(const at::Tensor& t, const Grid& g, int64_t plane, int64_t front, int64_t top,
+                   int64_t left, at::IntArrayRef step, at::ScalarType dtype) {
+  at::Tensor grid = at::zeros({t.size(1), plane}, t.options().dtype(dtype));
+  at_positions(images(grid, front, g, t.size(0)), top, left, step, t.size(2), t.size(3))
+      .copy_(t.transpose(0, 1));
+  return grid;
+}
+
+// The (batch, channels, rows, cols) tensor in `dtype` read from a grid's positions.
+at::Tensor from_grid(const at::Tensor& grid, const Grid& g, int64_t batch, int64_t top,
+                     int64_t left, at::IntArrayRef step, int64_t rows, int64_t cols,
+                     at::ScalarType dtype) {
+  at::Tensor out = at::empty({batch, grid.size(0), rows, cols}, grid.options().dtype(dtype));
+  out.copy_(at_positions(images(grid, 0, g, batch), top, left, step, rows, cols).transpose(0, 1));
+  return out;
+}
+
+// Per kernel column c = ci·kh·kw + i·kw + j: its shift on the grid.
+std::vector<int64_t> column_shifts(const ConvShape& s, at::IntArrayRef dilation, const Grid& g) {
+  std::vector<int64_t> shift(s.K);
+  for (int64_t c = 0; c < s.K; ++c) {
+    const int64_t tap = c % (s.kh * s.kw);
+    shift[c] = tap / s.kw * dilation[0] * g.Wp + tap % s.kw * dilation[1];
+  }
+  return shift;
+}
+
+// Per stored weight (CSR order): where its input run starts, x grid plane ci + shift.
+at::Tensor csr_sources(const at::Tensor& col_indices, const std::vector<int64_t>& shift,
+                       const ConvShape& s, const Grid& g) {
+  at::Tensor out = at::empty({col_indices.numel()}, col_indices.options().dtype(at::kLong));
+  const int32_t* col = col_indices.const_data_ptr<int32_t>();
+  int64_t* src = out.mutable_data_ptr<int64_t>();
+  const int64_t taps = s.kh * s.kw;
+  at::parallel_for(0, col_indices.numel(), 4096, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e) src[e] = col[e] / taps * g.x_plane + shift[col[e]];
+  });
+  return out;
+}
+
+// Per stored weight (CSC order): where its dy run starts, dy grid plane co − shift (after the
+// margin).
+at::Tensor csc_sources(const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                       const std::vector<int64_t>& shift, const Grid& g) {
+  at::Tensor out = at::empty({row_indices.numel()}, row_indices.options().dtype(at::kLong));
+  const int64_t* off = col_offsets.const_data_ptr<int64_t>();
+  const int32_t* row = row_indices.const_data_ptr<int32_t>();
+  int64_t* src = out.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, col_offsets.numel() - 1, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t e = off[c]; e < off[c + 1]; ++e)
+        src[e] = row[e] * g.dy_plane + g.max_shift - shift[c];
+  });
+  return out;
+}
+
+// o[0 .. V·L) = init + Σ_{e in [e0, e1)} v[e] · grid[src[e] + t0 ...] (`grid` points at t0).
+template <int V, class A>
+inline void shift_strip(int64_t e0, int64_t e1, const int64_t* src, const A* v, const A* grid,
+                        A init, A* o) {
+  constexpr int L = sp::Vec<A>::kLanes;
+  sp::vec_t<A> acc[V];
+  for (int k = 0; k < V; ++k) acc[k] = sp::vec_t<A>{} + init;
+  for (int64_t e = e0; e < e1; ++e) {
+    if (e + sp::kAhead < e1) {  // runs of other planes: fetch ahead
+      const char* next = reinterpret_cast<const char*>(grid + src[e + sp::kAhead]);
+      for (int line = 0; line < V * L * int(sizeof(A)); line += 64)
+        __builtin_prefetch(next + line);
+    }
+    const A w = v[e];
+    const A* d = grid + src[e];
+    for (int k = 0; k < V; ++k) acc[k] += w * loadu(d + k * L);
+  }
+  for (int k = 0; k < V; ++k) storeu(o + k * L, acc[k]);
+}
+
+// out[r][0, T) = bias[r] (or 0) + Σ_{e in row r} v[e] · grid[src[e] + t], row r's entries being
+// [offsets[r·step], offsets[(r + 1)·step]); strip-major, so that the threads share the strip of
+// the grid being read.
+template <class A>
+void shift_spmm(const int64_t* offsets, int64_t step, int64_t rows, const int64_t* src,
+                const A* v, const A* bias, const A* grid, int64_t T, A* out, int64_t out_plane) {
+  constexpr int64_t S = sp::kStrip<A>;
+  const int64_t row_items = (rows + kRowsPerItem - 1) / kRowsPerItem, strips = T / S;
+  cpu::dynamic_for(at::get_num_threads(), row_items * strips, [&](int64_t i) {
+    const int64_t r0 = i % row_items * kRowsPerItem, t0 = i / row_items * S;
+    for (int64_t r = r0; r < std::min(rows, r0 + kRowsPerItem); ++r)
+      shift_strip<8>(offsets[r * step], offsets[(r + 1) * step], src, v, grid + t0,
+                     bias ? bias[r] : A(0), out + r * out_plane + t0);
+  });
+}
+
+// d_values[e] = Σ_{t < T} dy[t] · x[src[e] + t] for the stored weights of rows [n0, n1), eight
+// at a time so that each dy load serves eight FMAs (sparse_kernels.h's sddmm).
+template <class A>
+void shift_sddmm(const int64_t* offsets, const int64_t* src, const A* dy_grid, int64_t dy_plane,
+                 int64_t margin, const A* x_grid, int64_t T, A* d_values, int64_t n) {
+  constexpr int G = 8, L = sp::Vec<A>::kLanes;
+  const A* g = dy_grid + n * dy_plane + margin;
+  int64_t e = offsets[n];
+  const int64_t e1 = offsets[n + 1];
+  for (; e < e1; e += G) {
+    const int group = static_cast<int>(std::min<int64_t>(G, e1 - e));
+    const A* x[G];
+    sp::vec_t<A> acc[G];
+    for (int u = 0; u < G; ++u) {
+      x[u] = x_grid + src[e + std::min(u, group - 1)];  // a short group repeats its last
+      acc[u] = sp::vec_t<A>{};
+    }
+    for (int64_t t = 0; t < T; t += L) {
+      const sp::vec_t<A> gv = loadu(g + t);
+      for (int u = 0; u < G; ++u) acc[u] += gv * loadu(x[u] + t);
+    }
+    for (int u = 0; u < group; ++u) d_values[e + u] = sp::hsum<A>(acc[u]);
+  }
+}
+
+// The acc type of a dtype: float, double for float64.
+at::ScalarType acc_type(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <class A>
+at::Tensor forward(const ConvShape& s, const at::Tensor& x, const at::Tensor& values,
+                   const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                   const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                   at::IntArrayRef dilation) {
+  const at::ScalarType acc = acc_type(values.scalar_type());
+  const Grid g = grid_of(s, padding, dilation, sp::kStrip<A>);
+  const std::array<int64_t, 2> one = {1, 1};
+  const at::Tensor xg = to_grid(x, g, g.x_plane, 0, padding[0], padding[1], one, acc);
+  const at::Tensor v = values.to(acc), b = bias.defined() ? bias.to(acc) : bias;
+  const at::Tensor src = csr_sources(col_indices, column_shifts(s, dilation, g), s, g);
+  at::Tensor out = at::empty({s.N, g.u_plane}, xg.options());
+  shift_spmm<A>(row_offsets.const_data_ptr<int64_t>(), 1, s.N, src.const_data_ptr<int64_t>(),
+                v.const_data_ptr<A>(), b.defined() ? b.const_data_ptr<A>() : nullptr,
+                xg.const_data_ptr<A>(), g.T, out.mutable_data_ptr<A>(), g.u_plane);
+  return from_grid(out, g, s.batch, 0, 0, stride, s.OH, s.OW, values.scalar_type());
+}
+
+template <class A>
+std::array<at::Tensor, 2> backward(const ConvShape& s, const at::Tensor& dy, const at::Tensor& x,
+                                   const at::Tensor& values, const at::Tensor& row_offsets,
+                                   const at::Tensor& col_indices, const at::Tensor& col_offsets,
+                                   const at::Tensor& row_indices,
+                                   const at::Tensor& csr_positions, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   std::array<bool, 3> output_mask) {
+  const at::ScalarType acc = acc_type(values.scalar_type());
+  const Grid g = grid_of(s, padding, dilation, sp::kStrip<A>);
+  const at::Tensor dyg = to_grid(dy, g, g.dy_plane, g.max_shift, 0, 0, stride, acc);
+  const std::vector<int64_t> shift = column_shifts(s, dilation, g);
+  at::Tensor d_input, d_values;
+  if (output_mask[0]) {
+    // The values in CSC order first: one gather, then every strip reads them in sequence.
+    const at::Tensor v = values.index_select(0, csr_positions).to(acc);
+    const at::Tensor src = csc_sources(col_offsets, row_indices, shift, g);
+    at::Tensor dxg = at::empty({s.C, g.u_plane}, dyg.options());
+    // Input channel ci owns the CSC columns [ci·kh·kw, (ci + 1)·kh·kw): one contiguous range.
+    shift_spmm<A>(col_offsets.const_data_ptr<int64_t>(), s.kh * s.kw, s.C,
+                  src.const_data_ptr<int64_t>(), v.const_data_ptr<A>(), nullptr,
+                  dyg.const_data_ptr<A>(), g.u_plane, dxg.mutable_data_ptr<A>(), g.u_plane);
+    const std::array<int64_t, 2> one = {1, 1};
+    d_input = from_grid(dxg, g, s.batch, padding[0], padding[1], one, s.H, s.W,
+                        values.scalar_type());
+  }
+  if (output_mask[1]) {
+    const std::array<int64_t, 2> one = {1, 1};
+    const at::Tensor xg = to_grid(x, g, g.x_plane, 0, padding[0], padding[1], one, acc);
+    const at::Tensor src = csr_sources(col_indices, shift, s, g);
+    at::Tensor dv = at::empty({values.numel()}, xg.options());
+    const int64_t* off = row_offsets.const_data_ptr<int64_t>();
+    cpu::dynamic_for(at::get_num_threads(), s.N, [&](int64_t n) {
+      shift_sddmm<A>(off, src.const_data_ptr<int64_t>(), dyg.const_data_ptr<A>(), g.dy_plane,
+                     g.max_shift, xg.const_data_ptr<A>(), g.T, dv.mutable_data_ptr<A>(), n);
+    });
+    d_values = dv.to(values.scalar_type());
+  }
+  return {d_input, d_values};
+}
+
+}  // namespace
+
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                             const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                             const at::Tensor& csr_positions,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation) {
+  const ConvShape s =
+      check_sparse_conv2d(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                          csr_positions, bias, kernel_size, stride, padding, dilation);
+  cpu::check_cpu(values, "values");
+  if (s.batch * s.N * s.OH * s.OW == 0) return at::empty({s.batch, s.N, s.OH, s.OW}, values.options());
+  // Worker threads must not see tensors that require grad.
+  const at::Tensor x = input.detach(), v = values.detach();
+  const at::Tensor b = bias.has_value() ? bias->detach() : at::Tensor();
+  if (values.scalar_type() == at::kDouble)
+    return forward<double>(s, x, v, row_offsets, col_indices, b, stride, padding, dilation);
+  return forward<float>(s, x, v, row_offsets, col_indices, b, stride, padding, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& values,
+    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& col_offsets,
+    const at::Tensor& row_indices, const at::Tensor& csr_positions, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    std::array<bool, 3> output_mask) {
+  const ConvShape s = check_sparse_conv2d_backward(grad_output, input, values, row_offsets,
+                                                   col_indices, col_offsets, row_indices,
+                                                   csr_positions, kernel_size, stride, padding,
+                                                   dilation);
+  cpu::check_cpu(values, "values");
+  at::Tensor d_input, d_values, d_bias;
+  if (output_mask[2]) d_bias = grad_output.detach().sum({0, 2, 3});
+  if (grad_output.numel() == 0) {  // nothing flows back: zero gradients of the right shapes
+    if (output_mask[0]) d_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
+    if (output_mask[1]) d_values = at::zeros_like(values);
+    return {d_input, d_values, d_bias};
+  }
+  const at::Tensor dy = grad_output.detach(), x = input.detach(), v = values.detach();
+  const auto grads =
+      values.scalar_type() == at::kDouble
+          ? backward<double>(s, dy, x, v, row_offsets, col_indices, col_offsets, row_indices,
+                             csr_positions, stride, padding, dilation, output_mask)
+          : backward<float>(s, dy, x, v, row_offsets, col_indices, col_offsets, row_indices,
+                            csr_positions, stride, padding, dilation, output_mask);
+  return {grads[0], grads[1], d_bias};
+}
+
+}  // namespace sparse_lottery
