@@ -18,10 +18,13 @@
 // over the row's stored weights (sparse_kernels.h's spmm with a shift for a row index): one load
 // and one FMA per vector and stored weight; half types are computed in float.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "../sparse_checks.h"
@@ -74,34 +77,69 @@ Grid grid_of(const ConvShape& s, at::IntArrayRef padding, at::IntArrayRef dilati
   return g;
 }
 
-// The (channels, batch, Hp, Wp) view of a grid whose images start at `front` of each plane.
-at::Tensor images(const at::Tensor& grid, int64_t front, const Grid& g, int64_t batch) {
-  return grid.narrow(1, front, g.cells).view({grid.size(0), batch, g.Hp, g.Wp});
+// grid[c][front + b·Hp·Wp + (top + r·step0)·Wp + left + k·step1] = src[b, c, r, k] for every
+// element of src (batch, channels, rows, cols; any strides), every other position of the plane
+// zero: the planes are rebuilt whole in a reused buffer, one pass per channel.
+template <class T, class A>
+void pack(const at::Tensor& src, A* grid, int64_t plane, int64_t front, const Grid& g, int64_t top,
+          int64_t left, at::IntArrayRef step) {
+  const T* x = src.const_data_ptr<T>();
+  const int64_t batch = src.size(0), rows = src.size(2), cols = src.size(3);
+  const int64_t image = g.Hp * g.Wp, s1 = step[1];
+  at::parallel_for(0, src.size(1), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      A* p = grid + c * plane;
+      std::fill(p, p + front, A(0));
+      for (int64_t b = 0; b < batch; ++b) {
+        A* img = p + front + b * image;
+        std::fill(img, img + image, A(0));
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* in = x + b * src.stride(0) + c * src.stride(1) + r * src.stride(2);
+          A* out = img + (top + r * step[0]) * g.Wp + left;
+          const int64_t sx = src.stride(3);
+          for (int64_t k = 0; k < cols; ++k) out[k * s1] = static_cast<A>(in[k * sx]);
+        }
+      }
+      std::fill(p + front + batch * image, p + plane, A(0));
+    }
+  });
 }
 
-// The positions (top + step·r, left + step·c) of an image view for r < rows, c < cols.
-at::Tensor at_positions(const at::Tensor& view, int64_t top, int64_t left, at::IntArrayRef step,
-                        int64_t rows, int64_t cols) {
-  return view.slice(2, top, top + step[0] * (rows - 1) + 1, step[0])
-      .slice(3, left, left + step[1] * (cols - 1) + 1, step[1]);
+// The (batch, channels, rows, cols) tensor in T read from the grid positions
+// (top + r·step0, left + k·step1) of each image (images at the start of the planes).
+template <class A, class T>
+at::Tensor unpack(const A* grid, int64_t channels, int64_t plane, const Grid& g, int64_t batch,
+                  int64_t top, int64_t left, at::IntArrayRef step, int64_t rows, int64_t cols,
+                  const at::TensorOptions& options) {
+  at::Tensor dst = at::empty({batch, channels, rows, cols}, options);
+  T* y = dst.mutable_data_ptr<T>();
+  const int64_t image = g.Hp * g.Wp, s1 = step[1];
+  at::parallel_for(0, batch * channels, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const A* in = grid + i % channels * plane + i / channels * image + top * g.Wp + left;
+      T* out = y + i * rows * cols;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k)
+          out[r * cols + k] = static_cast<T>(in[r * step[0] * g.Wp + k * s1]);
+    }
+  });
+  return dst;
 }
 
-// A zeroed grid (channels, plane) in `dtype` holding t (batch, channels, h, w) at the positions
-// (top + step·r, left + step·c) of its images, which start at `front`.
-at::Tensor to_grid(const at::Tensor& t, const Grid& g, int64_t plane, int64_t front, int64_t top,
-                   int64_t left, at::IntArrayRef step, at::ScalarType dtype) {
-  at::Tensor grid = at::zeros({t.size(1), plane}, t.options().dtype(dtype));
-  at_positions(images(grid, front, g, t.size(0)), top, left, step, t.size(2), t.size(3))
-      .copy_(t.transpose(0, 1));
-  return grid;
-}
-
-// The (batch, channels, rows, cols) tensor in `dtype` read from a grid's positions.
-at::Tensor from_grid(const at::Tensor& grid, const Grid& g, int64_t batch, int64_t top,
-                     int64_t left, at::IntArrayRef step, int64_t rows, int64_t cols,
-                     at::ScalarType dtype) {
-  at::Tensor out = at::empty({batch, grid.size(0), rows, cols}, grid.options().dtype(dtype));
-  out.copy_(at_positions(images(grid, 0, g, batch), top, left, step, rows, cols).transpose(0, 1));
+// Grids of `planes` (count × plane length) carved from this thread's reused scratch buffer:
+// no allocation and no page faults on repeated calls.
+template <class A>
+std::vector<A*> grids(std::initializer_list<std::array<int64_t, 2>> planes,
+                      const at::TensorOptions& options, at::Tensor& keep) {
+  int64_t total = 0;
+  for (const auto& [count, length] : planes) total += count * length;
+  keep = cpu::scratch(1, std::max<int64_t>(total, 1), options);
+  std::vector<A*> out;
+  A* p = keep.mutable_data_ptr<A>();
+  for (const auto& [count, length] : planes) {
+    out.push_back(p);
+    p += count * length;
+  }
   return out;
 }
 
@@ -205,30 +243,28 @@ void shift_sddmm(const int64_t* offsets, const int64_t* src, const A* dy_grid, i
   }
 }
 
-// The acc type of a dtype: float, double for float64.
-at::ScalarType acc_type(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
+constexpr std::array<int64_t, 2> kOne = {1, 1};
 
-template <class A>
+template <class T, class A>
 at::Tensor forward(const ConvShape& s, const at::Tensor& x, const at::Tensor& values,
                    const at::Tensor& row_offsets, const at::Tensor& col_indices,
                    const at::Tensor& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                    at::IntArrayRef dilation) {
-  const at::ScalarType acc = acc_type(values.scalar_type());
+  const auto acc = values.options().dtype(c10::CppTypeToScalarType<A>::value);
   const Grid g = grid_of(s, padding, dilation, sp::kStrip<A>);
-  const std::array<int64_t, 2> one = {1, 1};
-  const at::Tensor xg = to_grid(x, g, g.x_plane, 0, padding[0], padding[1], one, acc);
+  at::Tensor keep;
+  const auto p = grids<A>({{s.C, g.x_plane}, {s.N, g.u_plane}}, acc, keep);  // x, y
+  pack<T, A>(x, p[0], g.x_plane, 0, g, padding[0], padding[1], kOne);
   const at::Tensor v = values.to(acc), b = bias.defined() ? bias.to(acc) : bias;
   const at::Tensor src = csr_sources(col_indices, column_shifts(s, dilation, g), s, g);
-  at::Tensor out = at::empty({s.N, g.u_plane}, xg.options());
   shift_spmm<A>(row_offsets.const_data_ptr<int64_t>(), 1, s.N, src.const_data_ptr<int64_t>(),
-                v.const_data_ptr<A>(), b.defined() ? b.const_data_ptr<A>() : nullptr,
-                xg.const_data_ptr<A>(), g.T, out.mutable_data_ptr<A>(), g.u_plane);
-  return from_grid(out, g, s.batch, 0, 0, stride, s.OH, s.OW, values.scalar_type());
+                v.const_data_ptr<A>(), b.defined() ? b.const_data_ptr<A>() : nullptr, p[0], g.T,
+                p[1], g.u_plane);
+  return unpack<A, T>(p[1], s.N, g.u_plane, g, s.batch, 0, 0, stride, s.OH, s.OW,
+                      values.options());
 }
 
-template <class A>
+template <class T, class A>
 std::array<at::Tensor, 2> backward(const ConvShape& s, const at::Tensor& dy, const at::Tensor& x,
                                    const at::Tensor& values, const at::Tensor& row_offsets,
                                    const at::Tensor& col_indices, const at::Tensor& col_offsets,
@@ -236,33 +272,35 @@ std::array<at::Tensor, 2> backward(const ConvShape& s, const at::Tensor& dy, con
                                    const at::Tensor& csr_positions, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation,
                                    std::array<bool, 3> output_mask) {
-  const at::ScalarType acc = acc_type(values.scalar_type());
+  const auto acc = values.options().dtype(c10::CppTypeToScalarType<A>::value);
   const Grid g = grid_of(s, padding, dilation, sp::kStrip<A>);
-  const at::Tensor dyg = to_grid(dy, g, g.dy_plane, g.max_shift, 0, 0, stride, acc);
+  at::Tensor keep;
+  const auto p = grids<A>({{s.N, g.dy_plane},
+                           {output_mask[0] ? s.C : 0, g.u_plane},
+                           {output_mask[1] ? s.C : 0, g.x_plane}},
+                          acc, keep);  // dy, dx, x
+  pack<T, A>(dy, p[0], g.dy_plane, g.max_shift, g, 0, 0, stride);
   const std::vector<int64_t> shift = column_shifts(s, dilation, g);
   at::Tensor d_input, d_values;
   if (output_mask[0]) {
     // The values in CSC order first: one gather, then every strip reads them in sequence.
     const at::Tensor v = values.index_select(0, csr_positions).to(acc);
     const at::Tensor src = csc_sources(col_offsets, row_indices, shift, g);
-    at::Tensor dxg = at::empty({s.C, g.u_plane}, dyg.options());
     // Input channel ci owns the CSC columns [ci·kh·kw, (ci + 1)·kh·kw): one contiguous range.
     shift_spmm<A>(col_offsets.const_data_ptr<int64_t>(), s.kh * s.kw, s.C,
-                  src.const_data_ptr<int64_t>(), v.const_data_ptr<A>(), nullptr,
-                  dyg.const_data_ptr<A>(), g.u_plane, dxg.mutable_data_ptr<A>(), g.u_plane);
-    const std::array<int64_t, 2> one = {1, 1};
-    d_input = from_grid(dxg, g, s.batch, padding[0], padding[1], one, s.H, s.W,
-                        values.scalar_type());
+                  src.const_data_ptr<int64_t>(), v.const_data_ptr<A>(), nullptr, p[0],
+                  g.u_plane, p[1], g.u_plane);
+    d_input = unpack<A, T>(p[1], s.C, g.u_plane, g, s.batch, padding[0], padding[1], kOne, s.H,
+                           s.W, values.options());
   }
   if (output_mask[1]) {
-    const std::array<int64_t, 2> one = {1, 1};
-    const at::Tensor xg = to_grid(x, g, g.x_plane, 0, padding[0], padding[1], one, acc);
+    pack<T, A>(x, p[2], g.x_plane, 0, g, padding[0], padding[1], kOne);
     const at::Tensor src = csr_sources(col_indices, shift, s, g);
-    at::Tensor dv = at::empty({values.numel()}, xg.options());
+    at::Tensor dv = at::empty({values.numel()}, acc);
     const int64_t* off = row_offsets.const_data_ptr<int64_t>();
     cpu::dynamic_for(at::get_num_threads(), s.N, [&](int64_t n) {
-      shift_sddmm<A>(off, src.const_data_ptr<int64_t>(), dyg.const_data_ptr<A>(), g.dy_plane,
-                     g.max_shift, xg.const_data_ptr<A>(), g.T, dv.mutable_data_ptr<A>(), n);
+      shift_sddmm<A>(off, src.const_data_ptr<int64_t>(), p[0], g.dy_plane, g.max_shift, p[2],
+                     g.T, dv.mutable_data_ptr<A>(), n);
     });
     d_values = dv.to(values.scalar_type());
   }
@@ -286,9 +324,12 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
   // Worker threads must not see tensors that require grad.
   const at::Tensor x = input.detach(), v = values.detach();
   const at::Tensor b = bias.has_value() ? bias->detach() : at::Tensor();
-  if (values.scalar_type() == at::kDouble)
-    return forward<double>(s, x, v, row_offsets, col_indices, b, stride, padding, dilation);
-  return forward<float>(s, x, v, row_offsets, col_indices, b, stride, padding, dilation);
+  at::Tensor y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "sparse_conv2d", [&] {
+    y = forward<scalar_t, at::opmath_type<scalar_t>>(s, x, v, row_offsets, col_indices, b, stride,
+                                                     padding, dilation);
+  });
+  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(
@@ -310,12 +351,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(
     return {d_input, d_values, d_bias};
   }
   const at::Tensor dy = grad_output.detach(), x = input.detach(), v = values.detach();
-  const auto grads =
-      values.scalar_type() == at::kDouble
-          ? backward<double>(s, dy, x, v, row_offsets, col_indices, col_offsets, row_indices,
-                             csr_positions, stride, padding, dilation, output_mask)
-          : backward<float>(s, dy, x, v, row_offsets, col_indices, col_offsets, row_indices,
-                            csr_positions, stride, padding, dilation, output_mask);
+  std::array<at::Tensor, 2> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, v.scalar_type(), "sparse_conv2d_backward", [&] {
+        grads = backward<scalar_t, at::opmath_type<scalar_t>>(
+            s, dy, x, v, row_offsets, col_indices, col_offsets, row_indices, csr_positions,
+            stride, padding, dilation, output_mask);
+      });
   return {grads[0], grads[1], d_bias};
 }
 
