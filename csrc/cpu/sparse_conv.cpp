@@ -209,6 +209,8 @@ at::Tensor csc_sources(const at::Tensor& col_offsets, const at::Tensor& row_indi
 }
 
 // o[0 .. V·L) = init + Σ_{e in [e0, e1)} v[e] · grid[src[e] + t0 ...] (`grid` points at t0).
+// No software prefetch: the strip's runs of all planes stay in L2 (strip-major order), and
+// fetching kAhead weights ahead measured no faster (256→256 @8×8, 90% sparse).
 template <int V, class A>
 inline void shift_strip(int64_t e0, int64_t e1, const int64_t* src, const A* v, const A* grid,
                         A init, A* o) {
@@ -216,11 +218,6 @@ inline void shift_strip(int64_t e0, int64_t e1, const int64_t* src, const A* v, 
   sp::vec_t<A> acc[V];
   for (int k = 0; k < V; ++k) acc[k] = sp::vec_t<A>{} + init;
   for (int64_t e = e0; e < e1; ++e) {
-    if (e + sp::kAhead < e1) {  // runs of other planes: fetch ahead
-      const char* next = reinterpret_cast<const char*>(grid + src[e + sp::kAhead]);
-      for (int line = 0; line < V * L * int(sizeof(A)); line += 64)
-        __builtin_prefetch(next + line);
-    }
     const A w = v[e];
     const A* d = grid + src[e];
     for (int k = 0; k < V; ++k) acc[k] += w * loadu(d + k * L);
@@ -346,7 +343,8 @@ at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
       check_sparse_conv2d(input, values, row_offsets, col_indices, col_offsets, row_indices,
                           csr_positions, bias, kernel_size, stride, padding, dilation);
   cpu::check_cpu(values, "values");
-  if (s.batch * s.N * s.OH * s.OW == 0) return at::empty({s.batch, s.N, s.OH, s.OW}, values.options());
+  if (s.batch * s.N * s.OH * s.OW == 0)
+    return at::empty({s.batch, s.N, s.OH, s.OW}, values.options());
   // Worker threads must not see tensors that require grad.
   const at::Tensor x = input.detach(), v = values.detach();
   const at::Tensor b = bias.has_value() ? bias->detach() : at::Tensor();
