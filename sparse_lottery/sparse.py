@@ -24,6 +24,7 @@ Example:
 import torch
 
 from . import _registry  # noqa: F401  (registers the CPU and CUDA kernels)
+from ._extension import has_cpu_kernels
 from ._sparse_checks import (
     check_sparse_backward,
     check_sparse_conv2d,
@@ -156,8 +157,9 @@ def _conv_backward(ctx, grad):
     return grad_input, grad_values, None, None, None, None, None, grad_bias, None, None, None, None
 
 
-torch.library.register_autograd(
-    "sparse_lottery::sparse_conv2d", _conv_backward, setup_context=_conv_setup
-)
+if not has_cpu_kernels():  # the extension registers this autograd in C++ (csrc/registration.cpp)
+    torch.library.register_autograd(
+        "sparse_lottery::sparse_conv2d", _conv_backward, setup_context=_conv_setup
+    )
 
 __all__ = ["SparseLayout", "sparse_conv2d", "sparse_linear"]
