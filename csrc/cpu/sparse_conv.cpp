@@ -13,7 +13,8 @@
 //   d_input:  dx[ci][u] = Σ_{e in the columns of ci} v_e · dy[co_e][u − shift_e], dy placed on
 //             the grid at the output positions (zero elsewhere) after a zero margin of the
 //             largest shift, so that u − shift never leaves the plane;
-//   d_values: d_values[e] = Σ_t dy[co_e][t] · x[ci_e][t + shift_e] (dy zero off the outputs).
+//   d_values: d_values[e] = Σ_t dy[co_e][t] · x[ci_e][t + shift_e] (dy zero off the outputs,
+//             so an infinite input there gives NaN where F.conv2d's gradient is ±inf).
 // The forward and d_input keep a strip of kStrip outputs of one row in registers while they run
 // over the row's stored weights (sparse_kernels.h's spmm with a shift for a row index): one load
 // and one FMA per vector and stored weight; half types are computed in float.
