@@ -14,8 +14,8 @@ optimiser) of a pruned layer, per method, over sparsity, in one run on the same 
 SGD with momentum 0.9, gradients set to None before each step (zero_grad(set_to_none=True)).
 Memory: bytes of parameters, gradients, optimiser state and the masks or indices training needs,
 measured on the tensors after a step, as a share of the dense layer's. Convolutions (ResNet-20,
-VGG-16 on 32×32, 3×3, padding 1) run sparse through im2col (`SparseConv2d`); auto measures with
-the layer's real input.
+VGG-16 on 32×32, 3×3, padding 1) run sparse through `SparseConv2d` (a direct sparse convolution on
+the CPU); auto measures with the layer's real input.
 
     python benchmarks/bench_sparse_training.py                 # CPU, fp32
     python benchmarks/bench_sparse_training.py --device cuda   # GPU: 8192 tokens, bf16

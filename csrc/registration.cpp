@@ -93,10 +93,94 @@ at::Tensor masked_linear_autograd(const at::Tensor& input, const at::Tensor& wei
   return MaskedLinear::apply(input, weight, mask, bias);
 }
 
+// sparse_conv2d's autograd in C++, like masked_linear's: a Python autograd function cost
+// ~0.3 ms per training step, a fifth of a small layer's (16→16 @32×32, batch 16).
+using IntList = at::IntArrayRef;
+
+at::Tensor call_sparse_conv2d(const at::Tensor& input, const at::Tensor& values,
+                              const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                              const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                              const at::Tensor& csr_positions,
+                              const std::optional<at::Tensor>& bias, IntList kernel_size,
+                              IntList stride, IntList padding, IntList dilation) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("sparse_lottery::sparse_conv2d", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const std::optional<at::Tensor>&, IntList,
+                            IntList, IntList, IntList)>();
+  return op.call(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                 csr_positions, bias, kernel_size, stride, padding, dilation);
+}
+
+Grads call_sparse_conv2d_backward(const variable_list& saved, const at::Tensor& grad,
+                                  IntList kernel_size, IntList stride, IntList padding,
+                                  IntList dilation, std::array<bool, 3> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::sparse_conv2d_backward", "")
+                       .typed<Grads(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, IntList, IntList,
+                                    IntList, IntList, std::array<bool, 3>)>();
+  return op.call(grad, saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+                 kernel_size, stride, padding, dilation, output_mask);
+}
+
+class SparseConv2d : public torch::autograd::Function<SparseConv2d> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& values, const at::Tensor& row_offsets,
+                            const at::Tensor& col_indices, const at::Tensor& col_offsets,
+                            const at::Tensor& row_indices, const at::Tensor& csr_positions,
+                            const std::optional<at::Tensor>& bias, IntList kernel_size,
+                            IntList stride, IntList padding, IntList dilation) {
+    // input is kept even without d_values: d_input needs its shape.
+    ctx->save_for_backward(
+        {input, values, row_offsets, col_indices, col_offsets, row_indices, csr_positions});
+    ctx->saved_data["geometry"] = std::vector<int64_t>{
+        kernel_size[0], kernel_size[1], stride[0], stride[1],
+        padding[0],     padding[1],     dilation[0], dilation[1]};
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_sparse_conv2d(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                              csr_positions, bias, kernel_size, stride, padding, dilation);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> g = ctx->saved_data["geometry"].toIntVector();
+    const std::array<bool, 3> output_mask = {
+        ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+        ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(7)};
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();  // as in MaskedLinear
+    auto [grad_input, grad_values, grad_bias] = call_sparse_conv2d_backward(
+        saved, grads[0], IntList(g.data(), 2), IntList(g.data() + 2, 2),
+        IntList(g.data() + 4, 2), IntList(g.data() + 6, 2), output_mask);
+    variable_list out(12);
+    out[0] = grad_input;
+    out[1] = grad_values;
+    out[7] = grad_bias;
+    return out;
+  }
+};
+
+at::Tensor sparse_conv2d_autograd(const at::Tensor& input, const at::Tensor& values,
+                                  const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                                  const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                                  const at::Tensor& csr_positions,
+                                  const std::optional<at::Tensor>& bias, IntList kernel_size,
+                                  IntList stride, IntList padding, IntList dilation) {
+  return SparseConv2d::apply(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                             csr_positions, bias, kernel_size, stride, padding, dilation);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("masked_linear", &masked_linear_autograd);
+  m.impl("sparse_conv2d", &sparse_conv2d_autograd);
   m.impl("masked_conv1d", &masked_conv_autograd<1>);
   m.impl("masked_conv2d", &masked_conv_autograd<2>);
 }
@@ -126,6 +210,8 @@ TORCH_LIBRARY_IMPL(sparse_lottery, CPU, m) {
   SL_REGISTER(cpu);
   m.impl("sparse_linear", &sparse_linear_cpu);
   m.impl("sparse_linear_backward", &sparse_linear_backward_cpu);
+  m.impl("sparse_conv2d", &sparse_conv2d_cpu);
+  m.impl("sparse_conv2d_backward", &sparse_conv2d_backward_cpu);
 }
 
 #ifdef WITH_CUDA

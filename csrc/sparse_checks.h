@@ -1,6 +1,6 @@
-// Argument checks of the sparse-execution ops (sparse_linear, sparse_linear_backward), shared by
-// the CPU and CUDA kernels; mirrors check_sparse_* in sparse_lottery/_mask_format.py, with the
-// same messages and exception types.
+// Argument checks of the sparse-execution ops (sparse_linear, sparse_conv2d and their
+// backwards), shared by the CPU and CUDA kernels; mirrors sparse_lottery/_sparse_checks.py, with
+// the same messages and exception types.
 //
 // The layout of W (N×K, nnz stored weights), built by sparse_lottery.sparse.SparseLayout:
 //   row_offsets [N+1] int64, col_indices [nnz] int32      (CSR: the order of `values`)
@@ -105,6 +105,76 @@ inline std::array<int64_t, 2> check_sparse_backward(
                       " (grad_output's), got shape ", input->sizes());
   }
   return {N, K};
+}
+
+// The geometry of a sparse_conv2d: input (batch, C, H, W) -> output (batch, N, OH, OW); W is
+// viewed as (N, K = C·kh·kw), column c = ci·kh·kw + i·kw + j.
+struct ConvShape {
+  int64_t N, K, batch, C, H, W, kh, kw, OH, OW;
+};
+
+inline void check_conv_param(at::IntArrayRef p, const char* name, int64_t min) {
+  TORCH_CHECK_VALUE(p.size() == 2, name, ": expected 2 values, got ", p);
+  TORCH_CHECK_VALUE(p[0] >= min && p[1] >= min, name, ": expected values >= ", min, ", got ", p);
+}
+
+// floor(a / b) for b > 0 (C++ division truncates towards zero).
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// sparse_conv2d(input (batch, C, H, W), values, layout, bias [N]?, kernel_size, stride, padding,
+// dilation): groups = 1, zero padding.
+inline ConvShape check_sparse_conv2d(const at::Tensor& input, const at::Tensor& values,
+                                     const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                                     const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                                     const at::Tensor& csr_positions,
+                                     const std::optional<at::Tensor>& bias,
+                                     at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const auto [N, K] = check_sparse_layout(values, row_offsets, col_indices, col_offsets,
+                                          row_indices, csr_positions);
+  check_conv_param(kernel_size, "kernel_size", 1);
+  check_conv_param(stride, "stride", 1);
+  check_conv_param(padding, "padding", 0);
+  check_conv_param(dilation, "dilation", 1);
+  check_same_device(values, "values", input, "input");
+  check_same_dtype(values, "values", input, "input");
+  TORCH_CHECK_VALUE(input.dim() == 4,
+                    "input: expected a 4-D tensor (batch, channels, height, width), got shape ",
+                    input.sizes());
+  const int64_t kh = kernel_size[0], kw = kernel_size[1];
+  TORCH_CHECK_VALUE(input.size(1) * kh * kw == K, "input: expected channels·kh·kw = in_features=",
+                    K, " (kernel_size ", kernel_size, "), got shape ", input.sizes());
+  const int64_t H = input.size(2), W = input.size(3);
+  const int64_t OH = floor_div(H + 2 * padding[0] - dilation[0] * (kh - 1) - 1, stride[0]) + 1;
+  const int64_t OW = floor_div(W + 2 * padding[1] - dilation[1] * (kw - 1) - 1, stride[1]) + 1;
+  TORCH_CHECK_VALUE(OH >= 0 && OW >= 0, "input: height and width ", input.sizes().slice(2),
+                    " (padded) are smaller than the dilated kernel");
+  if (bias.has_value()) {
+    check_same_device(values, "values", *bias, "bias");
+    check_same_dtype(values, "values", *bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N,
+                      "] (out_channels), got ", bias->sizes());
+  }
+  return {N, K, input.size(0), input.size(1), H, W, kh, kw, OH, OW};
+}
+
+// sparse_conv2d_backward(grad_output (batch, N, OH, OW), input, values, layout, kernel_size,
+// stride, padding, dilation, output_mask).
+inline ConvShape check_sparse_conv2d_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& values,
+    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& col_offsets,
+    const at::Tensor& row_indices, const at::Tensor& csr_positions, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ConvShape s =
+      check_sparse_conv2d(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                          csr_positions, std::nullopt, kernel_size, stride, padding, dilation);
+  check_same_device(values, "values", grad_output, "grad_output");
+  check_same_dtype(values, "values", grad_output, "grad_output");
+  const std::array<int64_t, 4> expected = {s.batch, s.N, s.OH, s.OW};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected),
+                    "grad_output: expected shape ", at::IntArrayRef(expected),
+                    " (batch, out_channels, out_height, out_width), got ", grad_output.sizes());
+  return s;
 }
 
 }  // namespace sparse_lottery

@@ -75,6 +75,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
     const at::Tensor& col_offsets, const at::Tensor& row_indices,
     const at::Tensor& csr_positions, std::array<bool, 3> output_mask);
 
+// Sparse convolution (NCHW, groups = 1, zero padding; W (N, C·kh·kw) as in sparse_linear, its
+// column c = ci·kh·kw + i·kw + j): direct, no im2col; in cpu/sparse_conv.cpp.
+at::Tensor sparse_conv2d_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                             const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                             const at::Tensor& csr_positions,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& values,
+    const at::Tensor& row_offsets, const at::Tensor& col_indices, const at::Tensor& col_offsets,
+    const at::Tensor& row_indices, const at::Tensor& csr_positions, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    std::array<bool, 3> output_mask);
+
 #ifdef WITH_CUDA
 at::Tensor masked_linear_cuda(const at::Tensor& input, const at::Tensor& weight,
                               const at::Tensor& mask, const std::optional<at::Tensor>& bias);

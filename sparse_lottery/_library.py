@@ -70,6 +70,20 @@ SCHEMAS = {
         "Tensor col_indices, Tensor col_offsets, Tensor row_indices, Tensor csr_positions, "
         "bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
     ),
+    # The convolution of input (batch, C, H, W) with W (N, C, kh, kw) in the same layout (its
+    # (N, C·kh·kw) view; column c = ci·kh·kw + i·kw + j); groups = 1, zero padding. The backward
+    # returns (d_input, d_values, d_bias); input is needed for its shape even without d_values.
+    "sparse_conv2d": (
+        "(Tensor input, Tensor values, Tensor row_offsets, Tensor col_indices, "
+        "Tensor col_offsets, Tensor row_indices, Tensor csr_positions, Tensor? bias, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor"
+    ),
+    "sparse_conv2d_backward": (
+        "(Tensor grad_output, Tensor input, Tensor values, Tensor row_offsets, "
+        "Tensor col_indices, Tensor col_offsets, Tensor row_indices, Tensor csr_positions, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
+    ),
 }
 
 for _name, _schema in SCHEMAS.items():

@@ -135,7 +135,147 @@ def check_sparse_backward(
     return n, k
 
 
+def _check_conv_param(p, name, least):
+    torch._check_value(len(p) == 2, lambda: f"{name}: expected 2 values, got {list(p)}")
+    torch._check_value(
+        p[0] >= least and p[1] >= least,
+        lambda: f"{name}: expected values >= {least}, got {list(p)}",
+    )
+
+
+def check_sparse_conv2d(
+    input,
+    values,
+    row_offsets,
+    col_indices,
+    col_offsets,
+    row_indices,
+    csr_positions,
+    bias,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+) -> tuple[int, int, int]:
+    """Mirror of csrc/sparse_checks.h; returns (out_channels, out_height, out_width)."""
+    n, k = check_sparse_layout(
+        values, row_offsets, col_indices, col_offsets, row_indices, csr_positions
+    )
+    _check_conv_param(kernel_size, "kernel_size", 1)
+    _check_conv_param(stride, "stride", 1)
+    _check_conv_param(padding, "padding", 0)
+    _check_conv_param(dilation, "dilation", 1)
+    torch._check(
+        input.device == values.device,
+        lambda: (
+            f"input: expected device {values.device} (the device of values), got {input.device}"
+        ),
+    )
+    torch._check(
+        input.dtype == values.dtype,
+        lambda: f"input: expected dtype {values.dtype} (the dtype of values), got {input.dtype}",
+    )
+    torch._check_value(
+        input.dim() == 4,
+        lambda: (
+            "input: expected a 4-D tensor (batch, channels, height, width), got shape "
+            f"{list(input.shape)}"
+        ),
+    )
+    kh, kw = kernel_size
+    torch._check_value(
+        input.shape[1] * kh * kw == k,
+        lambda: (
+            f"input: expected channels·kh·kw = in_features={k} (kernel_size {list(kernel_size)}), "
+            f"got shape {list(input.shape)}"
+        ),
+    )
+    out_h, out_w = (
+        (size + 2 * p - d * (kk - 1) - 1) // s + 1
+        for size, p, d, kk, s in zip(input.shape[2:], padding, dilation, kernel_size, stride)
+    )
+    torch._check_value(
+        out_h >= 0 and out_w >= 0,
+        lambda: (
+            f"input: height and width {list(input.shape[2:])} (padded) are smaller than the "
+            "dilated kernel"
+        ),
+    )
+    if bias is not None:
+        torch._check(
+            bias.device == values.device,
+            lambda: (
+                f"bias: expected device {values.device} (the device of values), got {bias.device}"
+            ),
+        )
+        torch._check(
+            bias.dtype == values.dtype,
+            lambda: f"bias: expected dtype {values.dtype} (the dtype of values), got {bias.dtype}",
+        )
+        torch._check_value(
+            tuple(bias.shape) == (n,),
+            lambda: f"bias: expected shape [{n}] (out_channels), got {list(bias.shape)}",
+        )
+    return n, out_h, out_w
+
+
+def check_sparse_conv2d_backward(
+    grad_output,
+    input,
+    values,
+    row_offsets,
+    col_indices,
+    col_offsets,
+    row_indices,
+    csr_positions,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    output_mask,
+) -> tuple[int, int, int]:
+    n, out_h, out_w = check_sparse_conv2d(
+        input,
+        values,
+        row_offsets,
+        col_indices,
+        col_offsets,
+        row_indices,
+        csr_positions,
+        None,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+    )
+    torch._check(
+        grad_output.device == values.device,
+        lambda: (
+            f"grad_output: expected device {values.device} (the device of values), got "
+            f"{grad_output.device}"
+        ),
+    )
+    torch._check(
+        grad_output.dtype == values.dtype,
+        lambda: (
+            f"grad_output: expected dtype {values.dtype} (the dtype of values), got "
+            f"{grad_output.dtype}"
+        ),
+    )
+    expected = [input.shape[0], n, out_h, out_w]
+    torch._check_value(
+        list(grad_output.shape) == expected,
+        lambda: (
+            f"grad_output: expected shape {expected} (batch, out_channels, out_height, "
+            f"out_width), got {list(grad_output.shape)}"
+        ),
+    )
+    return n, out_h, out_w
+
+
 SPARSE_CHECKS = {
     "sparse_linear": check_sparse_linear,
     "sparse_linear_backward": check_sparse_backward,
+    "sparse_conv2d": check_sparse_conv2d,
+    "sparse_conv2d_backward": check_sparse_conv2d_backward,
 }

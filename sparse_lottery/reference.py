@@ -296,3 +296,73 @@ def sparse_linear_backward(
     if output_mask[2]:
         grad_bias = g2.sum(0)
     return grad_input, grad_values, grad_bias
+
+
+def _conv_weight(values, layout, channels, kernel_size):
+    return layout.dense(values).reshape(layout.shape[0], channels, *kernel_size)
+
+
+def sparse_conv2d(
+    input,
+    values,
+    row_offsets,
+    col_indices,
+    col_offsets,
+    row_indices,
+    csr_positions,
+    bias,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+):
+    layout = SparseLayout(row_offsets, col_indices, col_offsets, row_indices, csr_positions)
+    weight = _conv_weight(values, layout, input.shape[1], kernel_size)
+    if 0 in (*input.shape[::2], input.shape[3], weight.shape[0]):  # F.conv2d refuses these
+        out_h, out_w = (
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip(input.shape[2:], padding, dilation, kernel_size, stride)
+        )
+        out = input.new_zeros((input.shape[0], weight.shape[0], out_h, out_w))
+        return out if bias is None else out + bias[:, None, None]
+    return F.conv2d(input, weight, bias, stride, padding, dilation)
+
+
+def sparse_conv2d_backward(
+    grad_output,
+    input,
+    values,
+    row_offsets,
+    col_indices,
+    col_offsets,
+    row_indices,
+    csr_positions,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    output_mask,
+):
+    layout = SparseLayout(row_offsets, col_indices, col_offsets, row_indices, csr_positions)
+    weight = _conv_weight(values, layout, input.shape[1], kernel_size)
+    if grad_output.numel() == 0:
+        grad_input, grad_weight = torch.zeros_like(input), torch.zeros_like(weight)
+    else:
+        grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_output,
+            input,
+            weight,
+            None,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            1,
+            [output_mask[0], output_mask[1], False],
+        )
+    grad_values = None
+    if output_mask[1]:
+        grad_values = grad_weight.reshape(layout.shape)[layout.rows(), col_indices.long()]
+    grad_bias = grad_output.sum((0, 2, 3)) if output_mask[2] else None
+    return grad_input if output_mask[0] else None, grad_values, grad_bias

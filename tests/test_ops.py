@@ -255,6 +255,9 @@ def _opcheck_cases(device):
     w1 = torch.randn(3, 4, 3, device=device, requires_grad=True)
     m1 = torch.rand(3, 4, 3, device=device) < 0.5
     layout = sl.sparse.SparseLayout.from_mask(keep)
+    conv_layout = sl.sparse.SparseLayout.from_mask(torch.rand(6, 36, device=device) < 0.5)
+    conv_values = torch.randn(conv_layout.nnz, device=device)  # xc: 4 channels, 3×3
+    geometry = ([3, 3], [1, 1], [1, 1], [1, 1])
     return [
         (OPS.masked_linear.default, (x, w, packed, b)),
         (OPS.masked_linear.default, (x, w, keep, None)),
@@ -313,6 +316,21 @@ def _opcheck_cases(device):
         (
             OPS.sparse_linear_backward.default,
             (g, None, layout.values_of(w), *layout, [True, False, False]),
+        ),
+        (
+            OPS.sparse_conv2d.default,
+            (xc, conv_values, *conv_layout, None, *geometry),
+        ),
+        (
+            OPS.sparse_conv2d_backward.default,
+            (
+                torch.randn(2, 6, 6, 6, device=device),
+                xc.detach(),
+                conv_values,
+                *conv_layout,
+                *geometry,
+                [True, True, True],
+            ),
         ),
     ]
 

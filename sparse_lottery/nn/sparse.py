@@ -21,10 +21,9 @@ Example:
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..sparse import SparseLayout, sparse_linear
+from ..sparse import SparseLayout, sparse_conv2d, sparse_linear
 from .masked import MaskedConv2d, MaskedLinear
 
 LAYOUT_BUFFERS = SparseLayout._fields
@@ -175,10 +174,10 @@ class SparseLinear(_SparseWeight):
 
 
 class SparseConv2d(_SparseWeight):
-    """`MaskedConv2d` in sparse execution: the convolution as an im2col product,
-    y = unfold(x)ᵀ Wᵀ with W (out_channels, in_channels·kh·kw) given by its surviving weights.
-    Pays where the layer is large and very sparse (the unfolded input costs kh·kw copies of x);
-    `sparse_lottery.set_execution` measures where. Zero padding and groups=1 only.
+    """`MaskedConv2d` in sparse execution: W (out_channels, in_channels·kh·kw) given by its
+    surviving weights, run by `sparse_lottery.sparse.sparse_conv2d` (on the CPU a direct sparse
+    convolution, no im2col; on CUDA the reference convolution of the dense weight).
+    `sparse_lottery.set_execution` measures where it pays. Zero padding and groups=1 only.
 
     Build it with `SparseConv2d.from_masked(masked_conv)`.
 
@@ -208,19 +207,16 @@ class SparseConv2d(_SparseWeight):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         unbatched = input.dim() == 3
-        x = input.unsqueeze(0) if unbatched else input
-        batch, _, height, width = x.shape
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (batch · positions, C·kh·kw)
-        y = sparse_linear(rows, self.values, self.layout, self.bias)
-        out_h, out_w = (
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip(
-                (height, width), self.padding, self.dilation, self.kernel_size, self.stride
-            )
+        out = sparse_conv2d(
+            input.unsqueeze(0) if unbatched else input,
+            self.values,
+            self.layout,
+            self.bias,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
         )
-        out = y.reshape(batch, out_h * out_w, -1).transpose(1, 2)
-        out = out.reshape(batch, self.out_channels, out_h, out_w)
         return out.squeeze(0) if unbatched else out
 
     def extra_repr(self) -> str:
