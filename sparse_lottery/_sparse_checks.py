@@ -86,21 +86,7 @@ def check_sparse_linear(
         values, row_offsets, col_indices, col_offsets, row_indices, csr_positions
     )
     _check_operand(input, "input", values, k, "in_features")
-    if bias is not None:
-        torch._check(
-            bias.device == values.device,
-            lambda: (
-                f"bias: expected device {values.device} (the device of values), got {bias.device}"
-            ),
-        )
-        torch._check(
-            bias.dtype == values.dtype,
-            lambda: f"bias: expected dtype {values.dtype} (the dtype of values), got {bias.dtype}",
-        )
-        torch._check_value(
-            tuple(bias.shape) == (n,),
-            lambda: f"bias: expected shape [{n}] (out_features), got {list(bias.shape)}",
-        )
+    _check_bias(bias, values, n, "out_features")
     return n
 
 
@@ -201,21 +187,7 @@ def check_sparse_conv2d(
             "dilated kernel"
         ),
     )
-    if bias is not None:
-        torch._check(
-            bias.device == values.device,
-            lambda: (
-                f"bias: expected device {values.device} (the device of values), got {bias.device}"
-            ),
-        )
-        torch._check(
-            bias.dtype == values.dtype,
-            lambda: f"bias: expected dtype {values.dtype} (the dtype of values), got {bias.dtype}",
-        )
-        torch._check_value(
-            tuple(bias.shape) == (n,),
-            lambda: f"bias: expected shape [{n}] (out_channels), got {list(bias.shape)}",
-        )
+    _check_bias(bias, values, n, "out_channels")
     return n, out_h, out_w
 
 
@@ -279,3 +251,21 @@ SPARSE_CHECKS = {
     "sparse_conv2d": check_sparse_conv2d,
     "sparse_conv2d_backward": check_sparse_conv2d_backward,
 }
+
+
+def _check_bias(bias, values, n: int, what: str) -> None:
+    """An optional bias: values' device and dtype, shape [n] (`what` names n)."""
+    if bias is None:
+        return
+    torch._check(
+        bias.device == values.device,
+        lambda: f"bias: expected device {values.device} (the device of values), got {bias.device}",
+    )
+    torch._check(
+        bias.dtype == values.dtype,
+        lambda: f"bias: expected dtype {values.dtype} (the dtype of values), got {bias.dtype}",
+    )
+    torch._check_value(
+        tuple(bias.shape) == (n,),
+        lambda: f"bias: expected shape [{n}] ({what}), got {list(bias.shape)}",
+    )
