@@ -66,6 +66,16 @@ inline void check_sparse_operand(const at::Tensor& t, const char* name, const at
                     last_name, "=", last, ", got shape ", t.sizes());
 }
 
+// An optional bias: values' device and dtype, shape [n] (`what` names n).
+inline void check_sparse_bias(const std::optional<at::Tensor>& bias, const at::Tensor& values,
+                              int64_t n, const char* what) {
+  if (!bias.has_value()) return;
+  check_same_device(values, "values", *bias, "bias");
+  check_same_dtype(values, "values", *bias, "bias");
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias: expected shape [", n, "] (",
+                    what, "), got ", bias->sizes());
+}
+
 // sparse_linear(input (..., K), values, layout, bias [N]?); returns N.
 inline int64_t check_sparse_linear(const at::Tensor& input, const at::Tensor& values,
                                    const at::Tensor& row_offsets, const at::Tensor& col_indices,
@@ -75,12 +85,7 @@ inline int64_t check_sparse_linear(const at::Tensor& input, const at::Tensor& va
   const auto [N, K] = check_sparse_layout(values, row_offsets, col_indices, col_offsets,
                                           row_indices, csr_positions);
   check_sparse_operand(input, "input", values, K, "in_features");
-  if (bias.has_value()) {
-    check_same_device(values, "values", *bias, "bias");
-    check_same_dtype(values, "values", *bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N,
-                      "] (out_features), got ", bias->sizes());
-  }
+  check_sparse_bias(bias, values, N, "out_features");
   return N;
 }
 
@@ -149,12 +154,7 @@ inline ConvShape check_sparse_conv2d(const at::Tensor& input, const at::Tensor& 
   const int64_t OW = floor_div(W + 2 * padding[1] - dilation[1] * (kw - 1) - 1, stride[1]) + 1;
   TORCH_CHECK_VALUE(OH >= 0 && OW >= 0, "input: height and width ", input.sizes().slice(2),
                     " (padded) are smaller than the dilated kernel");
-  if (bias.has_value()) {
-    check_same_device(values, "values", *bias, "bias");
-    check_same_dtype(values, "values", *bias, "bias");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N,
-                      "] (out_channels), got ", bias->sizes());
-  }
+  check_sparse_bias(bias, values, N, "out_channels");
   return {N, K, input.size(0), input.size(1), H, W, kh, kw, OH, OW};
 }
 

@@ -64,7 +64,8 @@ def check_sparse_layout(
     return out_features, in_features
 
 
-def _check_operand(t, name, values, last, last_name):
+def _check_like_values(t, name, values):
+    """`t` on values' device, of values' dtype (csrc: check_same_device/check_same_dtype)."""
     torch._check(
         t.device == values.device,
         lambda: f"{name}: expected device {values.device} (the device of values), got {t.device}",
@@ -73,6 +74,10 @@ def _check_operand(t, name, values, last, last_name):
         t.dtype == values.dtype,
         lambda: f"{name}: expected dtype {values.dtype} (the dtype of values), got {t.dtype}",
     )
+
+
+def _check_operand(t, name, values, last, last_name):
+    _check_like_values(t, name, values)
     torch._check_value(
         t.dim() >= 1 and t.shape[-1] == last,
         lambda: f"{name}: expected last dimension {last_name}={last}, got shape {list(t.shape)}",
@@ -129,6 +134,16 @@ def _check_conv_param(p, name, least):
     )
 
 
+def conv2d_output_size(input_shape, kernel_size, stride, padding, dilation) -> tuple[int, int]:
+    """(height, width) of a 2-D convolution's output for an input of `input_shape` (N, C, H, W)
+    (negative when the padded input is smaller than the dilated kernel)."""
+    out_h, out_w = (
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, p, d, k, s in zip(input_shape[2:], padding, dilation, kernel_size, stride)
+    )
+    return out_h, out_w
+
+
 def check_sparse_conv2d(
     input,
     values,
@@ -151,16 +166,7 @@ def check_sparse_conv2d(
     _check_conv_param(stride, "stride", 1)
     _check_conv_param(padding, "padding", 0)
     _check_conv_param(dilation, "dilation", 1)
-    torch._check(
-        input.device == values.device,
-        lambda: (
-            f"input: expected device {values.device} (the device of values), got {input.device}"
-        ),
-    )
-    torch._check(
-        input.dtype == values.dtype,
-        lambda: f"input: expected dtype {values.dtype} (the dtype of values), got {input.dtype}",
-    )
+    _check_like_values(input, "input", values)
     torch._check_value(
         input.dim() == 4,
         lambda: (
@@ -176,10 +182,7 @@ def check_sparse_conv2d(
             f"got shape {list(input.shape)}"
         ),
     )
-    out_h, out_w = (
-        (size + 2 * p - d * (kk - 1) - 1) // s + 1
-        for size, p, d, kk, s in zip(input.shape[2:], padding, dilation, kernel_size, stride)
-    )
+    out_h, out_w = conv2d_output_size(input.shape, kernel_size, stride, padding, dilation)
     torch._check_value(
         out_h >= 0 and out_w >= 0,
         lambda: (
@@ -220,20 +223,7 @@ def check_sparse_conv2d_backward(
         padding,
         dilation,
     )
-    torch._check(
-        grad_output.device == values.device,
-        lambda: (
-            f"grad_output: expected device {values.device} (the device of values), got "
-            f"{grad_output.device}"
-        ),
-    )
-    torch._check(
-        grad_output.dtype == values.dtype,
-        lambda: (
-            f"grad_output: expected dtype {values.dtype} (the dtype of values), got "
-            f"{grad_output.dtype}"
-        ),
-    )
+    _check_like_values(grad_output, "grad_output", values)
     expected = [input.shape[0], n, out_h, out_w]
     torch._check_value(
         list(grad_output.shape) == expected,
@@ -257,14 +247,7 @@ def _check_bias(bias, values, n: int, what: str) -> None:
     """An optional bias: values' device and dtype, shape [n] (`what` names n)."""
     if bias is None:
         return
-    torch._check(
-        bias.device == values.device,
-        lambda: f"bias: expected device {values.device} (the device of values), got {bias.device}",
-    )
-    torch._check(
-        bias.dtype == values.dtype,
-        lambda: f"bias: expected dtype {values.dtype} (the dtype of values), got {bias.dtype}",
-    )
+    _check_like_values(bias, "bias", values)
     torch._check_value(
         tuple(bias.shape) == (n,),
         lambda: f"bias: expected shape [{n}] ({what}), got {list(bias.shape)}",

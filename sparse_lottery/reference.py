@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ._mask_format import gemm_view
+from ._sparse_checks import conv2d_output_size
 from ._sparse_layout import SparseLayout
 
 _BIT_WEIGHTS = [1 << b for b in range(8)]
@@ -319,10 +320,7 @@ def sparse_conv2d(
     layout = SparseLayout(row_offsets, col_indices, col_offsets, row_indices, csr_positions)
     weight = _conv_weight(values, layout, input.shape[1], kernel_size)
     if 0 in (*input.shape[::2], input.shape[3], weight.shape[0]):  # F.conv2d refuses these
-        out_h, out_w = (
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip(input.shape[2:], padding, dilation, kernel_size, stride)
-        )
+        out_h, out_w = conv2d_output_size(input.shape, kernel_size, stride, padding, dilation)
         out = input.new_zeros((input.shape[0], weight.shape[0], out_h, out_w))
         return out if bias is None else out + bias[:, None, None]
     return F.conv2d(input, weight, bias, stride, padding, dilation)
