@@ -1,5 +1,6 @@
 // Registers the C++ kernels as the CPU and CUDA implementations of the torch.ops.sparse_lottery
-// ops, and masked_linear's autograd, directly with the dispatcher: no Python on the call path.
+// ops, and the autograd of masked_linear, the masked convolutions and the sparse ops, directly
+// with the dispatcher: no Python on the call path.
 // The schemas are defined once, in sparse_lottery/_library.py, which runs before this library
 // is loaded; sparse_lottery/ops.py registers the fake kernels (and the Python autograd used
 // only when this extension is absent).
@@ -93,6 +94,77 @@ at::Tensor masked_linear_autograd(const at::Tensor& input, const at::Tensor& wei
   return MaskedLinear::apply(input, weight, mask, bias);
 }
 
+// sparse_linear's autograd in C++, like masked_linear's: the Python one cost ~0.4 ms per training
+// step (the MNIST-1D MLP's whole step at 95% sparsity is ~2 ms).
+at::Tensor call_sparse_linear(const at::Tensor& input, const at::Tensor& values,
+                              const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                              const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                              const at::Tensor& csr_positions,
+                              const std::optional<at::Tensor>& bias) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::sparse_linear", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, const std::optional<at::Tensor>&)>();
+  return op.call(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                 csr_positions, bias);
+}
+
+Grads call_sparse_linear_backward(const variable_list& saved, const at::Tensor& grad,
+                                  std::array<bool, 3> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::sparse_linear_backward", "")
+                       .typed<Grads(const at::Tensor&, const std::optional<at::Tensor>&,
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    std::array<bool, 3>)>();
+  const std::optional<at::Tensor> input =
+      saved[0].defined() ? std::optional<at::Tensor>(saved[0]) : std::nullopt;
+  return op.call(grad, input, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+                 output_mask);
+}
+
+class SparseLinear : public torch::autograd::Function<SparseLinear> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& values, const at::Tensor& row_offsets,
+                            const at::Tensor& col_indices, const at::Tensor& col_offsets,
+                            const at::Tensor& row_indices, const at::Tensor& csr_positions,
+                            const std::optional<at::Tensor>& bias) {
+    // x is kept only for d_values (see MaskedLinear on needs_input_grad in the forward).
+    ctx->save_for_backward({values.requires_grad() ? input : at::Tensor(), values, row_offsets,
+                            col_indices, col_offsets, row_indices, csr_positions});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_sparse_linear(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                              csr_positions, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const std::array<bool, 3> output_mask = {
+        ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+        ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(7)};
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();  // as in MaskedLinear
+    auto [grad_input, grad_values, grad_bias] =
+        call_sparse_linear_backward(ctx->get_saved_variables(), grads[0], output_mask);
+    variable_list out(8);
+    out[0] = grad_input;
+    out[1] = grad_values;
+    out[7] = grad_bias;
+    return out;
+  }
+};
+
+at::Tensor sparse_linear_autograd(const at::Tensor& input, const at::Tensor& values,
+                                  const at::Tensor& row_offsets, const at::Tensor& col_indices,
+                                  const at::Tensor& col_offsets, const at::Tensor& row_indices,
+                                  const at::Tensor& csr_positions,
+                                  const std::optional<at::Tensor>& bias) {
+  return SparseLinear::apply(input, values, row_offsets, col_indices, col_offsets, row_indices,
+                             csr_positions, bias);
+}
+
 // sparse_conv2d's autograd in C++, like masked_linear's: a Python autograd function cost
 // ~0.3 ms per training step, a fifth of a small layer's (16→16 @32×32, batch 16).
 using IntList = at::IntArrayRef;
@@ -180,6 +252,7 @@ at::Tensor sparse_conv2d_autograd(const at::Tensor& input, const at::Tensor& val
 
 TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("masked_linear", &masked_linear_autograd);
+  m.impl("sparse_linear", &sparse_linear_autograd);
   m.impl("sparse_conv2d", &sparse_conv2d_autograd);
   m.impl("masked_conv1d", &masked_conv_autograd<1>);
   m.impl("masked_conv2d", &masked_conv_autograd<2>);

@@ -138,9 +138,6 @@ def _backward(ctx, grad):
     return grad_input, grad_values, None, None, None, None, None, grad_bias
 
 
-torch.library.register_autograd("sparse_lottery::sparse_linear", _backward, setup_context=_setup)
-
-
 def _conv_setup(ctx, inputs, output):
     input, values, *layout = inputs[:7]
     ctx.save_for_backward(input, values, *layout)
@@ -157,7 +154,10 @@ def _conv_backward(ctx, grad):
     return grad_input, grad_values, None, None, None, None, None, grad_bias, None, None, None, None
 
 
-if not has_cpu_kernels():  # the extension registers this autograd in C++ (csrc/registration.cpp)
+if not has_cpu_kernels():  # the extension registers these in C++ (csrc/registration.cpp)
+    torch.library.register_autograd(
+        "sparse_lottery::sparse_linear", _backward, setup_context=_setup
+    )
     torch.library.register_autograd(
         "sparse_lottery::sparse_conv2d", _conv_backward, setup_context=_conv_setup
     )

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 from conftest import ATOL
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import sparse_lottery as sl
 from sparse_lottery import _registry, reference
@@ -220,6 +221,41 @@ def test_state_dict_round_trip(ours_cls, torch_cls, options):
         opt.state_dict()["param_groups"][0].keys()
         == torch_opt.state_dict()["param_groups"][0].keys()
     )
+
+
+@pytest.mark.parametrize("ours_cls, torch_cls, options", [OPTIMIZERS[2], OPTIMIZERS[6]])
+def test_step_hooks_and_profiler_label(ours_cls, torch_cls, options):
+    """The step skips torch's wrapper only while nothing would see it: step hooks (the
+    optimiser's and the global ones) still run, with their argument changes, and a profiler
+    still shows the step."""
+    layers, ps = _masked_params(torch.float32, "cpu")
+    opt = ours_cls(ps, **options)
+    _set_grads(ps, [], torch.Generator().manual_seed(1), [_keep(p) for p in ps])
+    calls = []
+    closure_calls = []
+
+    def pre_hook(optimizer, args, kwargs):  # swaps in a closure: the changed arguments are used
+        calls.append("pre")
+        return args, {"closure": lambda: closure_calls.append(1)}
+
+    pre = opt.register_step_pre_hook(pre_hook)
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    glob = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append("global"))
+    try:
+        opt.step()
+    finally:
+        glob.remove()
+    assert calls == ["pre", "post", "global"] and closure_calls == [1]
+    pre.remove()
+    post.remove()
+    before = [p.detach().clone() for p in ps]
+    opt.step()  # no hook left: the direct path, which still steps
+    assert calls == ["pre", "post", "global"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, ps))
+    with torch.profiler.profile() as prof:
+        opt.step()
+    names = {e.name for e in prof.events()}
+    assert f"Optimizer.step#{ours_cls.__name__}.step" in names
 
 
 def test_mask_of_follows_the_layer():
