@@ -102,6 +102,16 @@ class _MaskedOptimizer(Optimizer):
             self._step_group(group)
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's `zero_grad`; the default (gradients set to None) runs without torch's profiler
+        label and dynamo guard while no profiler runs: those cost ~20 µs per call on the CPU
+        machine, the whole of the work for a small model."""
+        if not set_to_none or torch._C._autograd._profiler_enabled():
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
     def _step_group(self, group: dict) -> None:
         raise NotImplementedError
 

@@ -258,6 +258,23 @@ def test_step_hooks_and_profiler_label(ours_cls, torch_cls, options):
     assert f"Optimizer.step#{ours_cls.__name__}.step" in names
 
 
+@pytest.mark.parametrize("ours_cls, torch_cls, options", [OPTIMIZERS[2], OPTIMIZERS[6]])
+def test_zero_grad_as_torch(ours_cls, torch_cls, options):
+    _, ps = _masked_params(torch.float32, "cpu")
+    opt = ours_cls(ps, **options)
+    _set_grads(ps, [], torch.Generator().manual_seed(1), [_keep(p) for p in ps])
+    grads = [p.grad for p in ps]
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is g and not g.any() for p, g in zip(ps, grads))
+    with torch.profiler.profile() as prof:
+        opt.zero_grad()
+    assert all(p.grad is None for p in ps)
+    assert f"Optimizer.zero_grad#{ours_cls.__name__}.zero_grad" in {e.name for e in prof.events()}
+    _set_grads(ps, [], torch.Generator().manual_seed(1), [_keep(p) for p in ps])
+    opt.zero_grad()  # the direct path
+    assert all(p.grad is None for p in ps)
+
+
 def test_mask_of_follows_the_layer():
     layer = sl.nn.MaskedLinear(6, 4)
     assert sl.nn.mask_of(layer.weight) is layer.weight_mask_packed
