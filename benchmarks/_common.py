@@ -1,13 +1,16 @@
 """What the benchmarks share: the machine description and interleaved timing.
 
-Methods are timed interleaved, round by round, rotating their order, so that the drifts and
-stalls of a shared machine hit all of them alike; ratios are medians over rounds of the
-per-round ratio.
+Methods are timed interleaved, round by round, each round in a new random order (seeded, so
+reruns take the same orders), so that the drifts and stalls of a shared machine hit all of them
+alike and no method always runs after the same other one (a fixed rotation keeps each method's
+predecessor, and with it whatever cache or allocator state that predecessor leaves); ratios are
+medians over rounds of the per-round ratio.
 """
 
 import datetime
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -71,9 +74,9 @@ class Timer:
         return (time.perf_counter() - t0) / inner
 
 
-def interleaved(steps: dict, timer: Timer, rounds: int, min_round_s: float) -> dict:
+def interleaved(steps: dict, timer: Timer, rounds: int, min_round_s: float, seed: int = 0) -> dict:
     """Per-method lists of seconds per call, one per round; every round times each method once,
-    in rotated order, after a warm-up (allocator, BLAS buffers, lazy init)."""
+    in a random order, after a warm-up (allocator, BLAS buffers, lazy init)."""
     names = list(steps)
     for name in names:
         for _ in range(3):
@@ -82,8 +85,9 @@ def interleaved(steps: dict, timer: Timer, rounds: int, min_round_s: float) -> d
     t1 = {name: min(timer(steps[name], 1) for _ in range(3)) for name in names}
     inner = {name: max(1, int(min_round_s / max(t1[name], 1e-7))) for name in names}
     samples = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+    orders = random.Random(seed)
+    for _ in range(rounds):
+        order = orders.sample(names, len(names))
         for name in order:
             samples[name].append(timer(steps[name], inner[name]))
     return samples
