@@ -39,16 +39,21 @@ def model_signature(model: nn.Module) -> str:
     return hashlib.sha256(repr(items).encode()).hexdigest()[:12]
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
+def atomic_write(path: str | Path, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one; `durable`
+    also syncs the file and the rename to the disk (so they survive a power loss, not just a
+    crash of the process)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)  # the rename itself reaches the disk

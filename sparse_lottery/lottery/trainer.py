@@ -278,11 +278,16 @@ def _save_weights(path: Path, model: nn.Module, tag: str, kind: str, **meta) -> 
 
 
 def _write_metrics(directory: Path, metrics: list) -> None:
+    """The metrics so far, rewritten at every evaluation without syncing to the disk (four
+    fsyncs per evaluation cost ~2% of a small model's run): the resumable checkpoint, which is
+    synced, carries them too, and a resumed run rewrites these files."""
     lines = "".join(json.dumps(m) + "\n" for m in metrics)
-    checkpoint.atomic_write(directory / "metrics.jsonl", lines.encode())
+    checkpoint.atomic_write(directory / "metrics.jsonl", lines.encode(), durable=False)
     keys = list(metrics[0])
     rows = [",".join(keys)] + [",".join(str(m[k]) for k in keys) for m in metrics]
-    checkpoint.atomic_write(directory / "metrics.csv", ("\n".join(rows) + "\n").encode())
+    checkpoint.atomic_write(
+        directory / "metrics.csv", ("\n".join(rows) + "\n").encode(), durable=False
+    )
 
 
 def _checkpoint_cadence(text: str, steps_per_epoch: int) -> tuple[float, int]:
