@@ -1,6 +1,7 @@
 // masked_conv1d / masked_conv2d: the framework convolution of weight ⊙ mask, device-generic
 // (apply_mask, then at::convolution), with a C++ autograd node: d_input and d_bias from
-// at::convolution_backward, d_weight masked. Under autograd the masked copy of the weight made
+// at::convolution_backward, d_weight masked. 2-D convolutions with tiny outputs on the CPU take
+// the im2col form of cpu/conv_gemm.h instead (the mask fused into GEMM panels). Under autograd the masked copy of the weight made
 // by the forward is saved for the backward (as autograd would save weight * mask); no
 // Python runs per step (a Python autograd function cost ~0.5 ms per training step, more than
 // a small convolution's whole budget for the mask).
@@ -13,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "cpu/conv_gemm.h"
 #include "mask_format.h"
 #include "sparse_lottery.h"
 
@@ -67,6 +69,16 @@ bool keeps_all(const at::Tensor& mask, at::IntArrayRef sizes) {
   return true;
 }
 
+// The im2col form's geometry where it serves a 2-D convolution (cpu/conv_gemm.h), else nullopt.
+template <int Dims>
+std::optional<cpu::ConvGemm> gemm_plan(const at::Tensor& input, const at::Tensor& weight,
+                                       const at::Tensor& mask, c10::SymIntArrayRef stride,
+                                       c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+                                       const c10::SymInt& groups) {
+  if constexpr (Dims != 2) return std::nullopt;
+  return cpu::conv_gemm_plan(input, weight, mask, stride, padding, dilation, groups);
+}
+
 std::vector<c10::SymInt> zeros_like(c10::SymIntArrayRef a) {
   return std::vector<c10::SymInt>(a.size(), c10::SymInt(0));
 }
@@ -92,6 +104,13 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView guard;
     check_masked_conv(input, weight, mask, bias);
+    const auto gemm = gemm_plan<Dims>(input, weight, mask, stride, padding, dilation, groups);
+    ctx->saved_data["gemm"] = gemm.has_value();
+    if (gemm) {  // the backward recomputes im2col(x) and reads the unmasked weight
+      ctx->saved_data["full"] = false;
+      ctx->save_for_backward({input, weight, mask});
+      return cpu::conv_gemm_forward(input, weight, mask, bias, *gemm);
+    }
     const bool full = keeps_all(mask, weight.sizes());
     ctx->saved_data["full"] = full;
     // The kernel's two steps, so that the masked weight the forward made serves the backward
@@ -104,13 +123,24 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &input = saved[0], &masked_weight = saved[1], &mask = saved[2];
+    const at::Tensor &input = saved[0], &mask = saved[2];
     const auto stride = saved_ints(ctx, "stride"), padding = saved_ints(ctx, "padding");
     const auto dilation = saved_ints(ctx, "dilation");
+    const c10::SymInt groups = ctx->saved_data["groups"].toSymInt();
     std::optional<std::vector<c10::SymInt>> bias_sizes;
-    if (ctx->saved_data["has_bias"].toBool()) bias_sizes = {masked_weight.sym_size(0)};
+    if (ctx->saved_data["has_bias"].toBool()) bias_sizes = {saved[1].sym_size(0)};
     const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                              bias_sizes.has_value() && ctx->needs_input_grad(3)};
+    const bool gemm = ctx->saved_data["gemm"].toBool();
+    if (gemm && !at::GradMode::is_enabled()) {
+      const auto plan = gemm_plan<Dims>(input, saved[1], mask, stride, padding, dilation, groups);
+      auto [grad_input, grad_weight, grad_bias] =
+          cpu::conv_gemm_backward(grads[0], input, saved[1], mask, *plan, output_mask);
+      return {grad_input, grad_weight, at::Tensor(), grad_bias,
+              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    // A graph of the im2col form's backward (create_graph) is built by the framework's ops.
+    const at::Tensor masked_weight = gemm ? call_apply_mask(saved[1], mask) : saved[1];
     // Unless a graph of the backward is being built (create_graph), the ops below need no
     // autograd: skip the Autograd and ADInplaceOrView keys, as masked_linear's backward does.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
@@ -118,8 +148,7 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
         grads[0], input, masked_weight,
         bias_sizes ? std::optional<c10::SymIntArrayRef>(*bias_sizes) : std::nullopt, stride,
-        padding, dilation, false, zeros_like(padding), ctx->saved_data["groups"].toSymInt(),
-        output_mask);
+        padding, dilation, false, zeros_like(padding), groups, output_mask);
     if (grad_weight.defined() && !ctx->saved_data["full"].toBool()) {
       // On the CPU the fresh gradient is masked in place (one pass, no allocation: ~0.1 ms less
       // per step for a 512→512 3×3 layer); a graph of the backward (create_graph), other devices
@@ -144,6 +173,9 @@ at::Tensor masked_conv(const at::Tensor& input, const at::Tensor& weight, const 
                        c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
                        c10::SymInt groups) {
   check_masked_conv(input, weight, mask, bias);
+  if (const auto gemm = gemm_plan<Dims>(input, weight, mask, stride, padding, dilation, groups)) {
+    return cpu::conv_gemm_forward(input, weight, mask, bias, *gemm);
+  }
   const at::Tensor masked_weight =
       keeps_all(mask, weight.sizes()) ? weight : call_apply_mask(weight, mask);
   return at::convolution_symint(input, masked_weight, bias, stride, padding,

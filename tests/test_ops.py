@@ -240,6 +240,56 @@ def test_masked_conv_matches_reference(target, dtype):
         assert torch.all(w.grad[~keep] == 0)
 
 
+# Output maps of at most 4 positions: on the CPU these take the im2col form (masked GEMM panels;
+# csrc/cpu/conv_gemm.h). (input shape, weight shape, stride, padding, dilation)
+TINY_MAPS = [
+    ((3, 5, 2, 2), (7, 5, 3, 3), 1, 1, 1),  # VGG's last block: 2×2 maps, padding 1
+    ((2, 4, 3, 3), (6, 4, 3, 3), 2, 1, 1),  # stride 2 → 2×2
+    ((4, 3, 1, 1), (5, 3, 3, 3), 1, 1, 1),  # 1×1 map
+    ((2, 3, 5, 4), (4, 3, 3, 2), 2, 0, 1),  # non-square kernel and map → 2×2
+    ((2, 3, 5, 5), (4, 3, 3, 3), 1, 1, 3),  # dilation 3 → 1×1
+]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", TINY_MAPS)
+def test_masked_conv2d_tiny_maps(xs, ws, stride, padding, dilation, packed, dtype):
+    kw = dict(stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(xs[0], xs[2], xs[3], xs[1], dtype=dtype).permute(0, 3, 1, 2)  # not contiguous
+    x.requires_grad_()
+    w = torch.randn(ws, dtype=dtype, requires_grad=True)
+    b = torch.randn(ws[0], dtype=dtype, requires_grad=True)
+    mask, keep = make_mask(ws, 0.5, "cpu", packed=packed)
+    out = sl.ops.masked_conv2d(x, w, mask, b, **kw)
+    xd, wd, bd = x.detach(), w.detach(), b.detach()
+    ref64 = reference.masked_conv2d(xd.double(), wd.double(), keep, bd.double(), **kw)
+    assert_close_to_reference(out, ref64, reference.masked_conv2d(xd, wd, keep, bd, **kw), "out")
+    assert out.stride() == torch.nn.functional.conv2d(xd, wd, bd, **kw).stride()  # same layout
+    with torch.no_grad():
+        assert_close_to_reference(sl.ops.masked_conv2d(x, w, mask, b, **kw), ref64, out, "no_grad")
+    gy = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, w, b), gy)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (xd, wd, bd))
+    refs = torch.autograd.grad(
+        reference.masked_conv2d(x64, w64, keep, b64, **kw), (x64, w64, b64), gy.double()
+    )
+    for name, g, r in zip(("d_input", "d_weight", "d_bias"), grads, refs):
+        assert_close_to_reference(g, r, g, name)
+    assert torch.all(grads[1][~keep] == 0)
+
+
+def test_masked_conv2d_tiny_maps_gradcheck():
+    for xs, ws, stride, padding, dilation in TINY_MAPS:
+        x = torch.randn(xs, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(ws, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(ws[0], dtype=torch.float64, requires_grad=True)
+        mask = sl.pack_mask(torch.rand(ws) < 0.5)
+        geometry = dict(mask=mask, stride=stride, padding=padding, dilation=dilation)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, kw=geometry: sl.ops.masked_conv2d(x, w, bias=b, **kw), (x, w, b)
+        )
+
+
 # --------------------------------------------------------------------------- opcheck / gradcheck
 def _opcheck_cases(device):
     x = torch.randn(5, 3, 12, device=device, requires_grad=True)
@@ -251,6 +301,7 @@ def _opcheck_cases(device):
     xc = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
     wc = torch.randn(6, 2, 3, 3, device=device, requires_grad=True)
     mc = reference.pack_mask(torch.rand(6, 2, 3, 3, device=device) < 0.5)
+    mt = reference.pack_mask(torch.rand(6, 4, 3, 3, device=device) < 0.5)  # 2×2 maps (im2col form)
     x1 = torch.randn(2, 4, 9, device=device, requires_grad=True)
     w1 = torch.randn(3, 4, 3, device=device, requires_grad=True)
     m1 = torch.rand(3, 4, 3, device=device) < 0.5
@@ -269,6 +320,10 @@ def _opcheck_cases(device):
         ),
         (OPS.masked_linear_backward.default, (g, x.detach(), None, keep, [False, True, False])),
         (OPS.masked_conv2d.default, (xc, wc, mc, None, [1, 1], [1, 1], [1, 1], 2)),
+        (
+            OPS.masked_conv2d.default,
+            (xc[:, :, :2, :2], wc.repeat(1, 2, 1, 1), mt, b[:6], [1, 1], [1, 1], [1, 1], 1),
+        ),
         (OPS.masked_conv1d.default, (x1, w1, m1, None, [2], [0], [1], 1)),
         (OPS.apply_mask.default, (w.detach(), packed)),
         (
