@@ -4,10 +4,10 @@
 (`MaskedLinear`, `MaskedConv2d`: the mask fused into dense products), "sparse" in its sparse form
 (`SparseLinear`, `SparseConv2d`: stored weights only, so products, gradients and optimiser
 state cost the survivors), and "auto" picks per layer from a measured crossover: one training
-step (forward and both gradients) of each form, timed on the layer's device, dtype and input
-shape, the sparse form kept only where it is faster (so auto is never slower than dense beyond
-timing noise). Every layer is measured, dense ones too: where the framework's dense kernel is
-inefficient (a convolution over a 2×2 map) the sparse form can win at any density.
+step (forward, both gradients and a plain SGD update of the stored parameters) of each form,
+timed on the layer's device, dtype and input shape, the sparse form kept only where it is
+faster (so auto is never slower than dense beyond timing noise). Every layer is measured,
+dense ones too: where the dense kernel is inefficient the sparse form can win at any density.
 Measurements are kept per (layer type, device, dtype, shape, input shape): see `choose`.
 
 Conversion replaces modules, so call it where masks are fixed for a while, before building the
@@ -176,10 +176,12 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
 
 def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
                give_up: float = float("inf"), min_seconds: float = 0.02) -> float:  # fmt: skip
-    """Best timing of forward + backward (input and parameter gradients) over at least `reps`
-    repetitions and `min_seconds` of them (a small layer's single steps are noisy), at most 50;
-    when the warm-up exceeds `give_up` seconds, the better of it and one more step (a warm-up
-    may carry one-time costs, and `choose` bounds later densities by this time)."""
+    """Best timing of forward + backward (input and parameter gradients) + the cheapest
+    optimiser update (p - lr·g over the stored parameters, out of place: the real optimisers
+    cost more per parameter, so this favours neither form) over at least `reps` repetitions
+    and `min_seconds` of them (a small layer's single steps are noisy), at most 50; when the
+    warm-up exceeds `give_up` seconds, the better of it and one more step (a warm-up may carry
+    one-time costs, and `choose` bounds later densities by this time)."""
     x = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
     out = layer(x)
@@ -189,7 +191,9 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        torch.autograd.grad(layer(x), [x, *params], grad)
+        grads = torch.autograd.grad(layer(x), [x, *params], grad)
+        with torch.no_grad():
+            torch._foreach_add([p.detach() for p in params], grads[1:], alpha=-1e-3)
         if x.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
