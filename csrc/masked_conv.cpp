@@ -45,6 +45,15 @@ void check_masked_conv(const at::Tensor& input, const at::Tensor& weight, const 
   check_mask(mask, weight.sizes());
 }
 
+// The mask as bools of the weight's shape (a bool mask is that already).
+at::Tensor call_unpack_mask(const at::Tensor& mask, c10::SymIntArrayRef shape) {
+  if (mask.scalar_type() == at::kBool) return mask;
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::unpack_mask", "")
+                       .typed<at::Tensor(const at::Tensor&, c10::SymIntArrayRef)>();
+  return op.call(mask, shape);
+}
+
 // True when a CPU mask keeps every weight (a dense level, an unpruned layer): the convolution of
 // weight ⊙ mask is then exactly the plain one, and the forward's and backward's mask passes (two
 // weight-sized copies and an allocation each, ~1% of a small layer's step) can be skipped.
@@ -106,9 +115,10 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     check_masked_conv(input, weight, mask, bias);
     const auto gemm = gemm_plan<Dims>(input, weight, mask, stride, padding, dilation, groups);
     ctx->saved_data["gemm"] = gemm.has_value();
+    // The weight itself is kept last, for a differentiable backward under create_graph.
     if (gemm) {  // the backward recomputes im2col(x) and reads the unmasked weight
       ctx->saved_data["full"] = false;
-      ctx->save_for_backward({input, weight, mask});
+      ctx->save_for_backward({input, weight, mask, weight});
       return cpu::conv_gemm_forward(input, weight, mask, bias, *gemm);
     }
     const bool full = keeps_all(mask, weight.sizes());
@@ -116,7 +126,7 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     // The kernel's two steps, so that the masked weight the forward made serves the backward
     // too (one apply_mask and one allocation fewer per step than recomputing it there).
     at::Tensor masked_weight = full ? weight : call_apply_mask(weight, mask);
-    ctx->save_for_backward({input, masked_weight, mask});
+    ctx->save_for_backward({input, masked_weight, mask, weight});
     return at::convolution_symint(input, masked_weight, bias, stride, padding, dilation, false,
                                   zeros_like(padding), std::move(groups));
   }
@@ -131,30 +141,39 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     if (ctx->saved_data["has_bias"].toBool()) bias_sizes = {saved[1].sym_size(0)};
     const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                              bias_sizes.has_value() && ctx->needs_input_grad(3)};
-    const bool gemm = ctx->saved_data["gemm"].toBool();
-    if (gemm && !at::GradMode::is_enabled()) {
+    const auto bias_ref =
+        bias_sizes ? std::optional<c10::SymIntArrayRef>(*bias_sizes) : std::nullopt;
+    if (at::GradMode::is_enabled()) {
+      // create_graph: the backward as differentiable ops of the weight itself (weight ⊙ mask
+      // and d_weight ⊙ mask as multiplications), so that second derivatives reach it.
+      const at::Tensor& weight = saved[3];
+      const at::Tensor keep = call_unpack_mask(mask, weight.sym_sizes());
+      auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
+          grads[0], input, weight * keep, bias_ref, stride, padding, dilation, false,
+          zeros_like(padding), groups, output_mask);
+      if (grad_weight.defined()) grad_weight = grad_weight * keep;
+      return {grad_input, grad_weight, at::Tensor(), grad_bias,
+              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    if (ctx->saved_data["gemm"].toBool()) {
       const auto plan = gemm_plan<Dims>(input, saved[1], mask, stride, padding, dilation, groups);
       auto [grad_input, grad_weight, grad_bias] =
           cpu::conv_gemm_backward(grads[0], input, saved[1], mask, *plan, output_mask);
       return {grad_input, grad_weight, at::Tensor(), grad_bias,
               at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
-    // A graph of the im2col form's backward (create_graph) is built by the framework's ops.
-    const at::Tensor masked_weight = gemm ? call_apply_mask(saved[1], mask) : saved[1];
-    // Unless a graph of the backward is being built (create_graph), the ops below need no
-    // autograd: skip the Autograd and ADInplaceOrView keys, as masked_linear's backward does.
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    // The ops below need no autograd: skip the Autograd and ADInplaceOrView keys, as
+    // masked_linear's backward does.
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [grad_input, grad_weight, grad_bias] = at::convolution_backward_symint(
-        grads[0], input, masked_weight,
-        bias_sizes ? std::optional<c10::SymIntArrayRef>(*bias_sizes) : std::nullopt, stride,
-        padding, dilation, false, zeros_like(padding), groups, output_mask);
+        grads[0], input, saved[1], bias_ref, stride, padding, dilation, false,
+        zeros_like(padding), groups, output_mask);
     if (grad_weight.defined() && !ctx->saved_data["full"].toBool()) {
       // On the CPU the fresh gradient is masked in place (one pass, no allocation: ~0.1 ms less
-      // per step for a 512→512 3×3 layer); a graph of the backward (create_graph), other devices
-      // and tensor subclasses get the functional op through the dispatcher.
-      if (!at::GradMode::is_enabled() && grad_weight.device().is_cpu() &&
-          !at::isTensorSubclassLike(grad_weight) && !at::isTensorSubclassLike(mask)) {
+      // per step for a 512→512 3×3 layer); other devices and tensor subclasses get the
+      // functional op through the dispatcher.
+      if (grad_weight.device().is_cpu() && !at::isTensorSubclassLike(grad_weight) &&
+          !at::isTensorSubclassLike(mask)) {
         apply_masks__cpu({grad_weight}, {mask});
       } else {
         grad_weight = call_apply_mask(grad_weight, mask);

@@ -290,6 +290,25 @@ def test_masked_conv2d_tiny_maps_gradcheck():
         )
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
+@pytest.mark.parametrize(
+    "op, xs, ws",
+    [
+        (sl.ops.masked_conv2d, (2, 3, 6, 5), (4, 3, 3, 3)),  # the framework convolution
+        (sl.ops.masked_conv2d, (2, 3, 2, 2), (4, 3, 3, 3)),  # CPU: the im2col form
+        (sl.ops.masked_conv1d, (2, 3, 7), (4, 3, 3)),
+    ],
+    ids=["conv2d", "conv2d-tiny", "conv1d"],
+)
+def test_masked_conv_double_backward(op, xs, ws, packed):
+    """Second derivatives (create_graph) reach the weight through the mask."""
+    x = torch.randn(xs, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(ws, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(ws[0], dtype=torch.float64, requires_grad=True)
+    mask, _ = make_mask(ws, 0.6, "cpu", packed=packed)
+    assert torch.autograd.gradgradcheck(lambda x, w, b: op(x, w, mask, b, padding=1), (x, w, b))
+
+
 # --------------------------------------------------------------------------- opcheck / gradcheck
 def _opcheck_cases(device):
     x = torch.randn(5, 3, 12, device=device, requires_grad=True)
