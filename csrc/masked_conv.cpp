@@ -45,15 +45,6 @@ void check_masked_conv(const at::Tensor& input, const at::Tensor& weight, const 
   check_mask(mask, weight.sizes());
 }
 
-// The mask as bools of the weight's shape (a bool mask is that already).
-at::Tensor call_unpack_mask(const at::Tensor& mask, c10::SymIntArrayRef shape) {
-  if (mask.scalar_type() == at::kBool) return mask;
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("sparse_lottery::unpack_mask", "")
-                       .typed<at::Tensor(const at::Tensor&, c10::SymIntArrayRef)>();
-  return op.call(mask, shape);
-}
-
 // True when a CPU mask keeps every weight (a dense level, an unpruned layer): the convolution of
 // weight ⊙ mask is then exactly the plain one, and the forward's and backward's mask passes (two
 // weight-sized copies and an allocation each, ~1% of a small layer's step) can be skipped.
@@ -185,6 +176,14 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
 };
 
 }  // namespace
+
+at::Tensor call_unpack_mask(const at::Tensor& mask, c10::SymIntArrayRef shape) {
+  if (mask.scalar_type() == at::kBool) return mask;
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sparse_lottery::unpack_mask", "")
+                       .typed<at::Tensor(const at::Tensor&, c10::SymIntArrayRef)>();
+  return op.call(mask, shape);
+}
 
 template <int Dims>
 at::Tensor masked_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,

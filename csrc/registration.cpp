@@ -74,10 +74,10 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
     const std::array<bool, 3> output_mask = {
         ctx->needs_input_grad(0), ctx->needs_input_grad(1),
         ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(3)};
-    // The gradient op has no autograd of its own: unless a graph of the backward is being built
-    // (create_graph), skip the Autograd and ADInplaceOrView keys (a few µs per call).
-    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    if (at::GradMode::is_enabled()) return differentiable_backward(saved, grads[0], output_mask);
+    // The gradient op has no autograd of its own: skip the Autograd and ADInplaceOrView keys
+    // (a few µs per call).
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto optional = [](const at::Tensor& t) -> std::optional<at::Tensor> {
       return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
     };
@@ -86,6 +86,22 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
     auto [grad_input, grad_weight, grad_bias] = call_masked_linear_backward(
         grads[0], optional(saved[0]), optional(saved[1]), saved[2], output_mask);
     return {grad_input, grad_weight, at::Tensor(), grad_bias};
+  }
+
+  // create_graph: the same gradients as differentiable framework ops (the mask a
+  // multiplication), so that second derivatives reach x and W.
+  static variable_list differentiable_backward(const variable_list& saved, const at::Tensor& g,
+                                               std::array<bool, 3> output_mask) {
+    const at::Tensor &x = saved[0], &w = saved[1], &mask = saved[2];
+    const c10::SymInt n = g.sym_size(-1);
+    const c10::SymInt k = output_mask[0] ? w.sym_size(1) : x.sym_size(-1);
+    const at::Tensor keep = call_unpack_mask(mask, {n, k});
+    const at::Tensor rows = g.reshape_symint({-1, n});
+    variable_list out(4);
+    if (output_mask[0]) out[0] = at::matmul(g, w * keep);
+    if (output_mask[1]) out[1] = at::mm(rows.t(), x.reshape_symint({-1, k})) * keep;
+    if (output_mask[2]) out[2] = rows.sum(0);
+    return out;
   }
 };
 

@@ -52,6 +52,9 @@ RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> am
                                    bool counts, bool layerwise, int64_t seed);
 // masked_conv1d/2d (Dims = 1, 2): at::convolution of weight ⊙ mask on any device, and its
 // autograd (d_weight masked); in masked_conv.cpp.
+// The mask as bools of `shape` (a bool mask is that already), through the dispatcher; the
+// differentiable backwards under create_graph multiply by it.
+at::Tensor call_unpack_mask(const at::Tensor& mask, c10::SymIntArrayRef shape);
 #define MASKED_CONV_ARGS                                                                 \
   const at::Tensor &input, const at::Tensor &weight, const at::Tensor &mask,             \
       const std::optional<at::Tensor>&bias, c10::SymIntArrayRef stride,                  \

@@ -291,6 +291,18 @@ def test_masked_conv2d_tiny_maps_gradcheck():
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
+def test_masked_linear_double_backward(packed):
+    """Second derivatives (create_graph) reach input and weight through the mask."""
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    mask, _ = make_mask((5, 6), 0.6, "cpu", packed=packed)
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: sl.ops.masked_linear(x, w, mask, b), (x, w, b)
+    )
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
 @pytest.mark.parametrize(
     "op, xs, ws",
     [
