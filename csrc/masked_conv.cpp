@@ -1,9 +1,10 @@
 // masked_conv1d / masked_conv2d: the framework convolution of weight ⊙ mask, device-generic
 // (apply_mask, then at::convolution), with a C++ autograd node: d_input and d_bias from
 // at::convolution_backward, d_weight masked. 2-D convolutions with tiny outputs on the CPU take
-// the im2col form of cpu/conv_gemm.h instead (the mask fused into GEMM panels). Under autograd the masked copy of the weight made
-// by the forward is saved for the backward (as autograd would save weight * mask); no
-// Python runs per step (a Python autograd function cost ~0.5 ms per training step, more than
+// the im2col form of cpu/conv_gemm.h instead (the mask fused into GEMM panels). Under autograd
+// the masked copy of the weight made by the forward is saved for the backward (as autograd would
+// save weight * mask), and the weight itself for a differentiable backward under create_graph;
+// no Python runs per step (a Python autograd function cost ~0.5 ms per training step, more than
 // a small convolution's whole budget for the mask).
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -106,9 +107,8 @@ class MaskedConv : public torch::autograd::Function<MaskedConv<Dims>> {
     check_masked_conv(input, weight, mask, bias);
     const auto gemm = gemm_plan<Dims>(input, weight, mask, stride, padding, dilation, groups);
     ctx->saved_data["gemm"] = gemm.has_value();
-    // The weight itself is kept last, for a differentiable backward under create_graph.
+    // saved[3], the weight itself, serves the differentiable backward under create_graph.
     if (gemm) {  // the backward recomputes im2col(x) and reads the unmasked weight
-      ctx->saved_data["full"] = false;
       ctx->save_for_backward({input, weight, mask, weight});
       return cpu::conv_gemm_forward(input, weight, mask, bias, *gemm);
     }

@@ -126,6 +126,13 @@ inline void check_conv_param(at::IntArrayRef p, const char* name, int64_t min) {
 // floor(a / b) for b > 0 (C++ division truncates towards zero).
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
+// One spatial dimension of a convolution's output (negative or zero when the padded input is
+// smaller than the dilated kernel).
+inline int64_t conv_output_size(int64_t size, int64_t kernel, int64_t stride, int64_t padding,
+                                int64_t dilation) {
+  return floor_div(size + 2 * padding - dilation * (kernel - 1) - 1, stride) + 1;
+}
+
 // sparse_conv2d(input (batch, C, H, W), values, layout, bias [N]?, kernel_size, stride, padding,
 // dilation): groups = 1, zero padding.
 inline ConvShape check_sparse_conv2d(const at::Tensor& input, const at::Tensor& values,
@@ -150,8 +157,8 @@ inline ConvShape check_sparse_conv2d(const at::Tensor& input, const at::Tensor& 
   TORCH_CHECK_VALUE(input.size(1) * kh * kw == K, "input: expected channels·kh·kw = in_features=",
                     K, " (kernel_size ", kernel_size, "), got shape ", input.sizes());
   const int64_t H = input.size(2), W = input.size(3);
-  const int64_t OH = floor_div(H + 2 * padding[0] - dilation[0] * (kh - 1) - 1, stride[0]) + 1;
-  const int64_t OW = floor_div(W + 2 * padding[1] - dilation[1] * (kw - 1) - 1, stride[1]) + 1;
+  const int64_t OH = conv_output_size(H, kh, stride[0], padding[0], dilation[0]);
+  const int64_t OW = conv_output_size(W, kw, stride[1], padding[1], dilation[1]);
   TORCH_CHECK_VALUE(OH >= 0 && OW >= 0, "input: height and width ", input.sizes().slice(2),
                     " (padded) are smaller than the dilated kernel");
   check_sparse_bias(bias, values, N, "out_channels");

@@ -50,11 +50,11 @@ MagnitudePruneResult magnitude_prune_cpu(at::TensorList weights,
                                          bool layerwise);
 RandomPruneResult random_prune_cpu(at::TensorList masks, at::ArrayRef<double> amounts,
                                    bool counts, bool layerwise, int64_t seed);
+// The mask as bools of `shape` (a bool mask is that already), through the dispatcher; the
+// differentiable backwards under create_graph multiply by it. In masked_conv.cpp.
+at::Tensor call_unpack_mask(const at::Tensor& mask, c10::SymIntArrayRef shape);
 // masked_conv1d/2d (Dims = 1, 2): at::convolution of weight ⊙ mask on any device, and its
 // autograd (d_weight masked); in masked_conv.cpp.
-// The mask as bools of `shape` (a bool mask is that already), through the dispatcher; the
-// differentiable backwards under create_graph multiply by it.
-at::Tensor call_unpack_mask(const at::Tensor& mask, c10::SymIntArrayRef shape);
 #define MASKED_CONV_ARGS                                                                 \
   const at::Tensor &input, const at::Tensor &weight, const at::Tensor &mask,             \
       const std::optional<at::Tensor>&bias, c10::SymIntArrayRef stride,                  \

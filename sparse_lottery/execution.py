@@ -184,6 +184,7 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
     one-time costs, and `choose` bounds later densities by this time)."""
     x = x.detach().requires_grad_()
     params = [p for p in layer.parameters() if p.requires_grad]
+    stored = [p.detach() for p in params]
     out = layer(x)
     grad = torch.full_like(out, 0.01)  # values do not change the time; randn would cost more
 
@@ -193,7 +194,7 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
         start = time.perf_counter()
         grads = torch.autograd.grad(layer(x), [x, *params], grad)
         with torch.no_grad():
-            torch._foreach_add([p.detach() for p in params], grads[1:], alpha=-1e-3)
+            torch._foreach_add(stored, grads[1:], alpha=-1e-3)
         if x.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start

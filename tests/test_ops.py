@@ -278,6 +278,14 @@ def test_masked_conv2d_tiny_maps(xs, ws, stride, padding, dilation, packed, dtyp
     assert torch.all(grads[1][~keep] == 0)
 
 
+def test_masked_conv2d_kernel_larger_than_input_is_the_framework_error():
+    """A stride-2 kernel larger than its padded input has no output positions (the im2col
+    form's plan must not take it: truncating division once said 1): torch's own error."""
+    x, w = torch.randn(1, 2, 2, 2), torch.randn(3, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input"):
+        sl.ops.masked_conv2d(x, w, torch.ones(3, 2, 3, 3, dtype=torch.bool), stride=2)
+
+
 def test_masked_conv2d_tiny_maps_gradcheck():
     for xs, ws, stride, padding, dilation in TINY_MAPS:
         x = torch.randn(xs, dtype=torch.float64, requires_grad=True)

@@ -3,6 +3,7 @@
 
 #include <ATen/TensorSubclassLikeUtils.h>
 
+#include "../sparse_checks.h"
 #include "../sparse_lottery.h"
 
 namespace sparse_lottery::cpu {
@@ -37,13 +38,13 @@ std::optional<ConvGemm> conv_gemm_plan(const at::Tensor& input, const at::Tensor
   const auto s = ints(stride), p = ints(padding), d = ints(dilation);
   if (!s || !p || !d) return std::nullopt;
   ConvGemm g{{weight.size(2), weight.size(3)}, *s, *p, *d, 0, 0};
-  std::array<int64_t, 2> out{};
-  for (int i = 0; i < 2; ++i) {
-    out[i] = (input.size(2 + i) + 2 * g.padding[i] - g.dilation[i] * (g.kernel[i] - 1) - 1) /
-                 g.stride[i] + 1;
-  }
-  g.out_h = out[0];
-  g.out_w = out[1];
+  // A kernel larger than the padded input gives no positions: the framework's error then.
+  const auto out = [&](int i) {
+    return conv_output_size(input.size(2 + i), g.kernel[i], g.stride[i], g.padding[i],
+                            g.dilation[i]);
+  };
+  g.out_h = out(0);
+  g.out_w = out(1);
   if (g.out_h <= 0 || g.out_w <= 0 || g.positions() > kGemmPositions) return std::nullopt;
   if (input.size(0) == 0 || weight.numel() == 0) return std::nullopt;
   return g;
