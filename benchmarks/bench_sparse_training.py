@@ -295,6 +295,9 @@ def plot(rows, path: str) -> None:
     import matplotlib.pyplot as plt
 
     layers = list(dict.fromkeys(r["layer"] for r in rows if r["large"] or r["kind"] == "conv"))
+    layers = layers or list(dict.fromkeys(r["layer"] for r in rows))  # e.g. --layers LeNet
+    if not layers:
+        return
     fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
     for ax, layer in zip(axes[0], layers):
         rs = [r for r in rows if r["layer"] == layer]

@@ -4,11 +4,12 @@
 (`MaskedLinear`, `MaskedConv2d`: the mask fused into dense products), "sparse" in its sparse form
 (`SparseLinear`, `SparseConv2d`: stored weights only, so products, gradients and optimiser
 state cost the survivors), and "auto" picks per layer from a measured crossover: one training
-step (forward, both gradients and a plain SGD update of the stored parameters) of each form,
-timed on the layer's device, dtype and input shape, the sparse form kept only where it is
-faster (so auto is never slower than dense beyond timing noise). Every layer is measured,
-dense ones too: where the dense kernel is inefficient the sparse form can win at any density.
-Measurements are kept per (layer type, device, dtype, shape, input shape): see `choose`.
+step (forward, the gradients training needs — the input's too, except for a network's first
+layer — and a plain SGD update of the stored parameters) of each form, timed on the layer's
+device, dtype and input shape, the sparse form kept only where it is faster (so auto is never
+slower than dense beyond timing noise). Every layer is measured, dense ones too: where the
+dense kernel is inefficient the sparse form can win at any density. Measurements are kept per
+(layer type, device, dtype, shape, input shape, input gradient): see `choose`.
 
 Conversion replaces modules, so call it where masks are fixed for a while, before building the
 optimiser (at the start of an IMP level), and convert back with "dense" before pruning.
@@ -86,10 +87,11 @@ def set_execution(
             want = plan[name]
         elif mode == "auto":
             masked = module.to_masked() if is_sparse else module
-            shape = shapes.get(name) or (
-                (batch, masked.in_features) if isinstance(masked, MaskedLinear) else None
+            shape, input_grad = shapes.get(name) or (
+                (batch, masked.in_features) if isinstance(masked, MaskedLinear) else None,
+                True,
             )
-            want = choose(masked, shape) if shape is not None else "dense"
+            want = choose(masked, shape, input_grad) if shape is not None else "dense"
         else:
             want = mode
         chosen[name] = want
@@ -103,26 +105,33 @@ def set_execution(
     return chosen
 
 
-def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """The input shape of every masked or sparse layer in one forward pass of `example`."""
-    shapes: dict[str, tuple[int, ...]] = {}
+def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple, bool]]:
+    """(input shape, whether training needs the input's gradient) of every masked or sparse
+    layer, from one forward pass of `example` in eval mode (so that it changes no state: batch
+    norm's running statistics stay as they were); the first layer of a network needs no input
+    gradient, so its step is timed without one."""
+    shapes: dict[str, tuple[tuple, bool]] = {}
     hooks = []
 
     def record(name):
         def hook(_, args):
-            shapes.setdefault(name, tuple(args[0].shape))
+            shapes.setdefault(name, (tuple(args[0].shape), args[0].requires_grad))
 
         return hook
 
     for name, module in model.named_modules():
         if type(module) in SPARSE_TYPES or isinstance(module, _SparseWeight):
             hooks.append(module.register_forward_pre_hook(record(name)))
+    training = {m: m.training for m in model.modules()}
     try:
-        with torch.no_grad():
-            model(example)
+        model.eval()
+        with torch.enable_grad():
+            model(example.detach())
     finally:
         for hook in hooks:
             hook.remove()
+        for m, mode in training.items():
+            m.training = mode
     return shapes
 
 
@@ -130,24 +139,26 @@ SPARSE_MARGIN = 0.9  # the sparse form must be at least 10% faster to be chosen
 GIVE_UP = 1.5  # a sparse warm-up step this much slower than dense ends the measurement
 
 
-def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
+def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = True) -> str:
     """ "dense" or "sparse": the faster training step of the masked `layer` for inputs of
-    `input_shape` (see the module doc). The sparse form must beat dense by `SPARSE_MARGIN`
-    (a near tie stays dense: switching must pay beyond timing noise), and its measurement stops
-    after the warm-up step when that alone is `GIVE_UP` times slower than dense (the common
-    case for convolutions at moderate density, so choosing costs little there).
+    `input_shape`, with the input's gradient when `input_grad` (see the module doc). The
+    sparse form must beat dense by `SPARSE_MARGIN` (a near tie stays dense: switching must pay
+    beyond timing noise), and its measurement stops after the warm-up step when that alone is
+    `GIVE_UP` times slower than dense (the common case for convolutions at moderate density,
+    so choosing costs little there).
 
-    Measurements are reused: the dense time does not depend on the density, and the sparse
-    step only gets cheaper as the density falls, so a layer whose sparse form won at some
-    density takes it at every lower one, and one whose sparse form lost keeps dense at every
-    higher one (IMP's levels only lower the density). Below a lost density d₀ the sparse step
+    Measurements are reused: the dense time does not depend on the density (below 1: a full
+    mask runs torch's unmasked kernel, so its time is not reused), and the sparse step only
+    gets cheaper as the density falls, so a layer whose sparse form won at some density takes
+    it at every lower one, and one whose sparse form lost keeps dense at every higher one
+    (IMP's levels only lower the density). Below a lost density d₀ the sparse step
     is not measured again until it could win: a step costing a + b·d (fixed work plus work per
     stored weight) takes at least t(d₀)·d/d₀ at density d ≤ d₀, so while that bound is not
     below the margin the layer stays dense without a measurement (an IMP level then chooses in
     microseconds instead of timing every layer's losing sparse form again)."""
     weight = layer.weight
     config = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
-              tuple(input_shape))  # fmt: skip
+              tuple(input_shape), input_grad)  # fmt: skip
     density = round(layer.density, 3)
     known = _decisions.setdefault(
         config, {"won": -1.0, "lost": 2.0, "dense": None, "lost_time": 0.0}
@@ -163,9 +174,11 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
         return "dense"  # cannot win yet (see the bound above)
     x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
     if t_dense is None:
-        t_dense = known["dense"] = _step_time(layer, x)
+        t_dense = _step_time(layer, x, input_grad=input_grad)
+        if layer.density < 1.0:  # a full mask runs torch's unmasked kernel: not kept for others
+            known["dense"] = t_dense
     sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
-    t_sparse = _step_time(sparse, x, give_up=GIVE_UP * t_dense)
+    t_sparse = _step_time(sparse, x, input_grad=input_grad, give_up=GIVE_UP * t_dense)
     if t_sparse < SPARSE_MARGIN * t_dense:
         known["won"] = max(known["won"], density)
         return "sparse"
@@ -174,16 +187,18 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...]) -> str:
     return "dense"
 
 
-def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
+def _step_time(layer: nn.Module, x: torch.Tensor, input_grad: bool = True, reps: int = 3,
                give_up: float = float("inf"), min_seconds: float = 0.02) -> float:  # fmt: skip
-    """Best timing of forward + backward (input and parameter gradients) + the cheapest
-    optimiser update (p - lr·g over the stored parameters, out of place: the real optimisers
-    cost more per parameter, so this favours neither form) over at least `reps` repetitions
-    and `min_seconds` of them (a small layer's single steps are noisy), at most 50; when the
-    warm-up exceeds `give_up` seconds, the better of it and one more step (a warm-up may carry
-    one-time costs, and `choose` bounds later densities by this time)."""
-    x = x.detach().requires_grad_()
+    """Best timing of forward + backward (parameter gradients, and the input's when
+    `input_grad`) + the cheapest optimiser update (p - lr·g over the stored parameters, out of
+    place: the real optimisers cost more per parameter, so this favours neither form) over at
+    least `reps` repetitions and `min_seconds` of them (a small layer's single steps are
+    noisy), at most 50; when the warm-up exceeds `give_up` seconds, the better of it and one
+    more step (a warm-up may carry one-time costs, and `choose` bounds later densities by this
+    time)."""
+    x = x.detach().requires_grad_(input_grad)
     params = [p for p in layer.parameters() if p.requires_grad]
+    wrt = [x, *params] if input_grad else params
     stored = [p.detach() for p in params]
     out = layer(x)
     grad = torch.full_like(out, 0.01)  # values do not change the time; randn would cost more
@@ -192,9 +207,9 @@ def _step_time(layer: nn.Module, x: torch.Tensor, reps: int = 3,
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        grads = torch.autograd.grad(layer(x), [x, *params], grad)
+        grads = torch.autograd.grad(layer(x), wrt, grad)
         with torch.no_grad():
-            torch._foreach_add(stored, grads[1:], alpha=-1e-3)
+            torch._foreach_add(stored, grads[len(wrt) - len(params) :], alpha=-1e-3)
         if x.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -431,3 +431,42 @@ def test_masked_conv_full_mask_shortcut_is_exact(shape, form):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
         assert bool((got[1].view(-1)[-1] == 0) != keep_last)
+
+
+def test_masked_linear_full_mask_runs_torch_linear_until_the_mask_changes(monkeypatch):
+    """A mask that keeps every weight runs torch's linear (no masking); any write to the mask
+    (in place, set_mask, load_state_dict) brings the masked op back, and its gradients."""
+    calls = []
+    masked_op = sl.nn.masked.ops.masked_linear
+    monkeypatch.setattr(
+        sl.nn.masked.ops, "masked_linear", lambda *a: calls.append(1) or masked_op(*a)
+    )
+    torch.manual_seed(0)
+    layer = MaskedLinear(19, 7, dtype=torch.float64)
+    x = torch.randn(5, 19, dtype=torch.float64)
+
+    def check(keep: torch.Tensor, masked: bool) -> None:
+        calls.clear()
+        out = layer(x)
+        assert bool(calls) == masked
+        ref = nn.functional.linear(x, layer.weight * keep, layer.bias)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        layer.weight.grad = None
+        out.sum().backward()
+        assert bool((layer.weight.grad[~keep] == 0).all())
+
+    full = torch.ones(7, 19, dtype=torch.bool)
+    check(full, masked=False)
+    layer.weight_mask_packed[3, 2] &= 0b1111_1110  # in place: weight (3, 16) pruned
+    partial = full.clone()
+    partial[3, 16] = False
+    check(partial, masked=True)
+    layer.set_mask(full)
+    check(full, masked=False)
+    other = MaskedLinear(19, 7, dtype=torch.float64)
+    other.set_mask(partial)
+    layer.load_state_dict({**layer.state_dict(), "weight_mask_packed": other.weight_mask_packed})
+    check(partial, masked=True)
+    with torch.inference_mode():  # no version counter: the masked op, always correct
+        frozen, x = MaskedLinear(4, 3), torch.ones(2, 4)
+        torch.testing.assert_close(frozen(x), nn.Linear.forward(frozen, x))

@@ -350,6 +350,25 @@ def test_auto_reuses_measurements_across_densities(monkeypatch):
     execution._decisions.clear()
 
 
+def test_auto_does_not_reuse_the_dense_time_of_a_full_mask(monkeypatch):
+    """A full mask runs torch's unmasked linear, faster than the masked product: its dense time
+    must not stand in for the masked layer's at lower densities."""
+    from sparse_lottery import execution
+
+    execution._decisions.clear()
+    layer, timed = sl.nn.MaskedLinear(64, 32), []
+
+    def fake(module, x, **kw):
+        timed.append("dense" if isinstance(module, sl.nn.MaskedLinear) else "sparse")
+        return 1.0 if timed[-1] == "dense" else 3.0
+
+    monkeypatch.setattr(execution, "_step_time", fake)
+    assert execution.choose(layer, (8, 64)) == "dense" and timed == ["dense", "sparse"]
+    layer.set_mask(torch.rand(32, 64) < 0.3)
+    assert execution.choose(layer, (8, 64)) == "dense" and timed[2:] == ["dense", "sparse"]
+    execution._decisions.clear()
+
+
 def test_auto_skips_sparse_measurements_that_cannot_win(monkeypatch):
     """After the sparse step lost at density d₀ in time t₀, it is measured again only at
     densities d where t₀·d/d₀ < SPARSE_MARGIN · dense time (here: sparse time 2·d, dense 1)."""
@@ -378,6 +397,40 @@ def test_auto_skips_sparse_measurements_that_cannot_win(monkeypatch):
         layer.set_mask(keep < density)
         assert (execution.choose(layer, (8, 64)), timed[before:]) == (form, measured), density
     execution._decisions.clear()
+
+
+def test_auto_times_the_first_layer_without_input_gradient(monkeypatch):
+    """The example pass records which layers need their input's gradient (not the first one)
+    and runs in eval mode: batch norm's running statistics and the training flags are kept."""
+    from sparse_lottery import execution
+
+    execution._decisions.clear()
+    seen = {}
+
+    def fake(module, x, input_grad=True, **kw):
+        seen.setdefault(tuple(x.shape), set()).add(input_grad)
+        return 1.0
+
+    monkeypatch.setattr(execution, "_step_time", fake)
+    model = sl.sparsify(
+        torch.nn.Sequential(
+            torch.nn.Linear(12, 16),
+            torch.nn.BatchNorm1d(16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 8),
+        )
+    )
+    bn = model[1]
+    stats = [t.clone() for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    sl.set_execution(model, "auto", example=torch.randn(5, 12))
+    assert seen == {(5, 12): {False}, (5, 16): {True}}
+    for now, before in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), stats):
+        assert torch.equal(now, before)
+    assert all(m.training for m in model.modules())
+    execution._decisions.clear()
+    monkeypatch.undo()
+    layer = sl.nn.MaskedLinear(8, 8)  # the real timing without an input gradient
+    assert execution._step_time(layer, torch.randn(4, 8), input_grad=False, reps=1) > 0
 
 
 def test_step_time_gives_up_after_a_slow_warm_up():

@@ -31,6 +31,28 @@ MASK_BUFFER = "weight_mask_packed"
 # weight Parameter -> weakref of the masked layer that owns it (by identity: tensors compare
 # element-wise). Neither side is kept alive by the registry.
 _OWNERS = WeakIdKeyDictionary()
+# packed mask -> (its version counter when counted, whether it keeps every weight)
+_FULL = WeakIdKeyDictionary()
+
+
+def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
+    """Whether the packed `mask` keeps all `numel` weights: counted once per mask tensor and
+    version (every in-place write, `set_mask`, `load_state_dict` and DDP's broadcast included,
+    bumps the version), so a forward pays a dictionary lookup. Tensors without a version
+    (inference, fake, meta, subclasses, under torch.compile) answer False: the masked op then
+    runs, which is always correct."""
+    if (
+        torch.compiler.is_compiling()
+        or type(mask) is not torch.Tensor
+        or mask.is_inference()
+        or mask.device.type == "meta"
+    ):
+        return False
+    version = mask._version
+    cached = _FULL.get(mask)
+    if cached is None or cached[0] != version:
+        cached = _FULL[mask] = (version, count_kept(mask) == numel)
+    return cached[1]
 
 
 def mask_of(param: torch.Tensor) -> torch.Tensor | None:
@@ -211,7 +233,8 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
     """`torch.nn.Linear` whose weight is multiplied by a mask: y = x (W ⊙ m)ᵀ + b.
 
     Same constructor as `nn.Linear`; the mask starts all ones. State-dict keys: `weight`,
-    `bias`, `weight_mask_packed`.
+    `bias`, `weight_mask_packed`. While the mask keeps every weight, `forward` is torch's
+    `F.linear` (the same product without the masking, e.g. an IMP run's dense level 0).
 
     Example:
         >>> layer = sparse_lottery.nn.MaskedLinear(40, 10)
@@ -229,7 +252,10 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         self._init_mask()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return ops.masked_linear(input, self.weight, self.weight_mask_packed, self.bias)
+        mask = self.weight_mask_packed
+        if _keeps_all(mask, self.weight.numel()):  # nothing pruned: torch's own linear, the
+            return F.linear(input, self.weight, self.bias)  # same product without the masking
+        return ops.masked_linear(input, self.weight, mask, self.bias)
 
 
 class _MaskedConvNd(_MaskedMixin):
