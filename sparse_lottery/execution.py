@@ -141,21 +141,21 @@ GIVE_UP = 1.5  # a sparse warm-up step this much slower than dense ends the meas
 
 def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = True) -> str:
     """ "dense" or "sparse": the faster training step of the masked `layer` for inputs of
-    `input_shape`, with the input's gradient when `input_grad` (see the module doc). The
-    sparse form must beat dense by `SPARSE_MARGIN` (a near tie stays dense: switching must pay
-    beyond timing noise), and its measurement stops after the warm-up step when that alone is
-    `GIVE_UP` times slower than dense (the common case for convolutions at moderate density,
-    so choosing costs little there).
+    `input_shape`, with the input's gradient when `input_grad` (see the module doc). The two
+    forms are timed alternately (`_step_times`); the sparse form must beat dense by
+    `SPARSE_MARGIN` (a near tie stays dense: switching must pay beyond timing noise), and the
+    measurement stops after the warm-up when sparse is `GIVE_UP` times slower than dense (the
+    common case for convolutions at moderate density, so choosing costs little there).
 
-    Measurements are reused: the dense time does not depend on the density (below 1: a full
-    mask runs torch's unmasked kernel, so its time is not reused), and the sparse step only
-    gets cheaper as the density falls, so a layer whose sparse form won at some density takes
-    it at every lower one, and one whose sparse form lost keeps dense at every higher one
-    (IMP's levels only lower the density). Below a lost density d₀ the sparse step
-    is not measured again until it could win: a step costing a + b·d (fixed work plus work per
-    stored weight) takes at least t(d₀)·d/d₀ at density d ≤ d₀, so while that bound is not
-    below the margin the layer stays dense without a measurement (an IMP level then chooses in
-    microseconds instead of timing every layer's losing sparse form again)."""
+    Decisions are reused: the sparse step only gets cheaper as the density falls, so a layer
+    whose sparse form won at some density takes it at every lower one, and one whose sparse
+    form lost keeps dense at every higher one (IMP's levels only lower the density). Below a
+    lost density d₀ the sparse step is not measured again until it could win: a step costing
+    a + b·d (fixed work plus work per stored weight) takes at least t(d₀)·d/d₀ at density
+    d ≤ d₀, so while that bound is not below the margin times the last dense time (the dense
+    time does not depend on the density below 1; a full mask runs torch's unmasked kernel, so
+    its time is not kept) the layer stays dense without a measurement (an IMP level then
+    chooses in microseconds instead of timing every layer's losing sparse form again)."""
     weight = layer.weight
     config = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
               tuple(input_shape), input_grad)  # fmt: skip
@@ -173,12 +173,10 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
     ):
         return "dense"  # cannot win yet (see the bound above)
     x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
-    if t_dense is None:
-        t_dense = _step_time(layer, x, input_grad=input_grad)
-        if layer.density < 1.0:  # a full mask runs torch's unmasked kernel: not kept for others
-            known["dense"] = t_dense
     sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
-    t_sparse = _step_time(sparse, x, input_grad=input_grad, give_up=GIVE_UP * t_dense)
+    t_dense, t_sparse = _step_times(layer, sparse, x, input_grad)
+    if layer.density < 1.0:  # a full mask runs torch's unmasked kernel: not kept for others
+        known["dense"] = t_dense
     if t_sparse < SPARSE_MARGIN * t_dense:
         known["won"] = max(known["won"], density)
         return "sparse"
@@ -187,15 +185,33 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
     return "dense"
 
 
-def _step_time(layer: nn.Module, x: torch.Tensor, input_grad: bool = True, reps: int = 3,
-               give_up: float = float("inf"), min_seconds: float = 0.02) -> float:  # fmt: skip
-    """Best timing of forward + backward (parameter gradients, and the input's when
-    `input_grad`) + the cheapest optimiser update (p - lr·g over the stored parameters, out of
-    place: the real optimisers cost more per parameter, so this favours neither form) over at
-    least `reps` repetitions and `min_seconds` of them (a small layer's single steps are
-    noisy), at most 50; when the warm-up exceeds `give_up` seconds, the better of it and one
-    more step (a warm-up may carry one-time costs, and `choose` bounds later densities by this
-    time)."""
+def _step_times(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, input_grad: bool = True,
+                reps: int = 3, min_seconds: float = 0.02) -> tuple[float, float]:  # fmt: skip
+    """Best training-step times (dense form, sparse form) on input `x`, the two timed
+    alternately so that a drift of the machine's speed (seconds long on a shared machine) hits
+    both: after one warm-up step each, pairs of steps until at least `reps` pairs and
+    `min_seconds` of them (a small layer's single steps are noisy), at most 50. When the sparse
+    warm-up is `GIVE_UP` times the dense one, one more step each and the better of the two
+    (a warm-up may carry one-time costs, and `choose` bounds later densities by this time)."""
+    steps = [_timed_step(dense, x, input_grad), _timed_step(sparse, x, input_grad)]
+    times: list[list[float]] = [[step()] for step in steps]  # warm-ups
+    if times[1][0] > GIVE_UP * times[0][0]:
+        for t, step in zip(times, steps):
+            t.append(step())
+        return min(times[0]), min(times[1])
+    for pairs in range(50):
+        if pairs >= reps and sum(times[0][1:]) + sum(times[1][1:]) >= min_seconds:
+            break
+        for t, step in zip(times, steps):
+            t.append(step())
+    return min(times[0][1:]), min(times[1][1:])
+
+
+def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool):
+    """A function timing one training step of `layer`: forward + backward (parameter
+    gradients, and the input's when `input_grad`) + the cheapest optimiser update (p - lr·g
+    over the stored parameters, out of place: the real optimisers cost more per parameter, so
+    this favours neither form); it returns seconds."""
     x = x.detach().requires_grad_(input_grad)
     params = [p for p in layer.parameters() if p.requires_grad]
     wrt = [x, *params] if input_grad else params
@@ -214,13 +230,7 @@ def _step_time(layer: nn.Module, x: torch.Tensor, input_grad: bool = True, reps:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    best = timed()  # warm-up
-    if best > give_up:
-        return min(best, timed())
-    times = [timed() for _ in range(reps)]
-    while sum(times) < min_seconds and len(times) < 50:
-        times.append(timed())
-    return min(times)
+    return timed
 
 
 __all__ = ["set_execution", "choose", "MODES"]

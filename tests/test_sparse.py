@@ -300,26 +300,14 @@ def test_auto_converts_to_the_measured_faster_form(monkeypatch):
         assert isinstance(model[int(name)], sl.nn.SparseLinear) == (chosen[name] == "sparse")
     # The decision follows the timings: sparse only where it measured faster.
     execution._decisions.clear()
-    monkeypatch.setattr(
-        execution,
-        "_step_time",
-        lambda layer, x, **kw: 1.0 if isinstance(layer, sl.nn.MaskedLinear) else 2.0,
-    )
+    monkeypatch.setattr(execution, "_step_times", lambda dense, sparse, x, *a, **kw: (1.0, 2.0))
     assert sl.set_execution(_model(), "auto", batch=8) == {"0": "dense", "2": "dense"}
     execution._decisions.clear()
-    monkeypatch.setattr(
-        execution,
-        "_step_time",
-        lambda layer, x, **kw: 2.0 if isinstance(layer, sl.nn.MaskedLinear) else 1.0,
-    )
+    monkeypatch.setattr(execution, "_step_times", lambda dense, sparse, x, *a, **kw: (2.0, 1.0))
     assert sl.set_execution(_model(), "auto", batch=8) == {"0": "sparse", "2": "sparse"}
     execution._decisions.clear()
     # A near tie (sparse 5% faster, within timing noise) stays dense.
-    monkeypatch.setattr(
-        execution,
-        "_step_time",
-        lambda layer, x, **kw: 1.0 if isinstance(layer, sl.nn.MaskedLinear) else 0.95,
-    )
+    monkeypatch.setattr(execution, "_step_times", lambda dense, sparse, x, *a, **kw: (1.0, 0.95))
     assert sl.set_execution(_model(), "auto", batch=8) == {"0": "dense", "2": "dense"}
     execution._decisions.clear()
 
@@ -332,40 +320,41 @@ def test_auto_reuses_measurements_across_densities(monkeypatch):
     times = {"dense": 1.0, "sparse": 0.5}
     timed = []
 
-    def fake(module, x, **kw):
-        form = "dense" if isinstance(module, sl.nn.MaskedLinear) else "sparse"
-        timed.append(form)
-        return times[form]
+    def fake(dense, sparse, x, *args, **kw):
+        assert isinstance(dense, sl.nn.MaskedLinear) and isinstance(sparse, sl.nn.SparseLinear)
+        timed.append(dense.density)
+        return times["dense"], times["sparse"]
 
-    monkeypatch.setattr(execution, "_step_time", fake)
+    monkeypatch.setattr(execution, "_step_times", fake)
     layer.set_mask(torch.rand(32, 64) < 0.3)
-    assert execution.choose(layer, (8, 64)) == "sparse" and timed == ["dense", "sparse"]
+    assert execution.choose(layer, (8, 64)) == "sparse" and len(timed) == 1
     layer.set_mask(torch.rand(32, 64) < 0.1)  # sparser than a density where sparse won
-    assert execution.choose(layer, (8, 64)) == "sparse" and len(timed) == 2
+    assert execution.choose(layer, (8, 64)) == "sparse" and len(timed) == 1
     times["sparse"] = 2.0
-    layer.set_mask(torch.rand(32, 64) < 0.6)  # denser: measured again (dense time reused)
-    assert execution.choose(layer, (8, 64)) == "dense" and timed[2:] == ["sparse"]
+    layer.set_mask(torch.rand(32, 64) < 0.6)  # denser: measured again
+    assert execution.choose(layer, (8, 64)) == "dense" and len(timed) == 2
     layer.set_mask(torch.rand(32, 64) < 0.9)  # denser than where sparse lost: no measurement
-    assert execution.choose(layer, (8, 64)) == "dense" and len(timed) == 3
+    assert execution.choose(layer, (8, 64)) == "dense" and len(timed) == 2
     execution._decisions.clear()
 
 
 def test_auto_does_not_reuse_the_dense_time_of_a_full_mask(monkeypatch):
     """A full mask runs torch's unmasked linear, faster than the masked product: its dense time
-    must not stand in for the masked layer's at lower densities."""
+    must not bound the masked layer's decisions at lower densities (here the bound from the
+    full mask, 3·0.3/1 = 0.9 ≥ 0.9·1, would skip the measurement at 0.3)."""
     from sparse_lottery import execution
 
     execution._decisions.clear()
     layer, timed = sl.nn.MaskedLinear(64, 32), []
 
-    def fake(module, x, **kw):
-        timed.append("dense" if isinstance(module, sl.nn.MaskedLinear) else "sparse")
-        return 1.0 if timed[-1] == "dense" else 3.0
+    def fake(dense, sparse, x, *args, **kw):
+        timed.append(dense.density)
+        return 1.0, 3.0
 
-    monkeypatch.setattr(execution, "_step_time", fake)
-    assert execution.choose(layer, (8, 64)) == "dense" and timed == ["dense", "sparse"]
+    monkeypatch.setattr(execution, "_step_times", fake)
+    assert execution.choose(layer, (8, 64)) == "dense" and timed == [1.0]
     layer.set_mask(torch.rand(32, 64) < 0.3)
-    assert execution.choose(layer, (8, 64)) == "dense" and timed[2:] == ["dense", "sparse"]
+    assert execution.choose(layer, (8, 64)) == "dense" and len(timed) == 2
     execution._decisions.clear()
 
 
@@ -378,19 +367,16 @@ def test_auto_skips_sparse_measurements_that_cannot_win(monkeypatch):
     layer = sl.nn.MaskedLinear(64, 64)
     timed = []
 
-    def fake(module, x, **kw):
-        if isinstance(module, sl.nn.MaskedLinear):
-            timed.append("dense")
-            return 1.0
-        timed.append("sparse")
-        return 2.0 * module.values.numel() / (module.in_features * module.out_features)
+    def fake(dense, sparse, x, *args, **kw):
+        timed.append("pair")
+        return 1.0, 2.0 * sparse.values.numel() / (sparse.in_features * sparse.out_features)
 
-    monkeypatch.setattr(execution, "_step_time", fake)
+    monkeypatch.setattr(execution, "_step_times", fake)
     keep = torch.rand(64, 64)
     for density, form, measured in (
-        (0.8, "dense", ["dense", "sparse"]),  # loses: 1.6 ≥ 0.9
+        (0.8, "dense", ["pair"]),  # loses: 1.6 ≥ 0.9
         (0.5, "dense", []),  # bound 1.6·0.5/0.8 = 1.0 ≥ 0.9: not measured
-        (0.4, "sparse", ["sparse"]),  # bound 0.8 < 0.9: measured, and 0.8 wins
+        (0.4, "sparse", ["pair"]),  # bound 0.8 < 0.9: measured, and 0.8 wins
         (0.1, "sparse", []),  # sparser than a win
     ):
         before = len(timed)
@@ -407,11 +393,11 @@ def test_auto_times_the_first_layer_without_input_gradient(monkeypatch):
     execution._decisions.clear()
     seen = {}
 
-    def fake(module, x, input_grad=True, **kw):
+    def fake(dense, sparse, x, input_grad=True, **kw):
         seen.setdefault(tuple(x.shape), set()).add(input_grad)
-        return 1.0
+        return 1.0, 1.0
 
-    monkeypatch.setattr(execution, "_step_time", fake)
+    monkeypatch.setattr(execution, "_step_times", fake)
     model = sl.sparsify(
         torch.nn.Sequential(
             torch.nn.Linear(12, 16),
@@ -430,24 +416,29 @@ def test_auto_times_the_first_layer_without_input_gradient(monkeypatch):
     execution._decisions.clear()
     monkeypatch.undo()
     layer = sl.nn.MaskedLinear(8, 8)  # the real timing without an input gradient
-    assert execution._step_time(layer, torch.randn(4, 8), input_grad=False, reps=1) > 0
+    times = execution._step_times(layer, sl.nn.SparseLinear.from_masked(layer), torch.randn(4, 8),
+                                  input_grad=False, reps=1)  # fmt: skip
+    assert all(t > 0 for t in times)
 
 
-def test_step_time_gives_up_after_a_slow_warm_up():
+def test_step_times_alternate_and_give_up_after_a_slow_warm_up(monkeypatch):
     from sparse_lottery import execution
 
     calls = []
-    layer = torch.nn.Linear(8, 8)
-    real_forward = layer.forward
-    layer.forward = lambda x: calls.append(1) or real_forward(x)
-    execution._step_time(layer, torch.randn(4, 8), reps=3, give_up=0.0)
-    assert len(calls) == 3  # the shape probe, the warm-up step and one more, no repetitions
+    dense, sparse = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    for name, layer in (("dense", dense), ("sparse", sparse)):
+        layer.forward = lambda x, f=layer.forward, name=name: calls.append(name) or f(x)
+    x = torch.randn(4, 8)
+    execution._step_times(dense, sparse, x, reps=3, min_seconds=0.0)
+    # the shape probes, the warm-ups, then three pairs, alternating
+    assert calls == ["dense", "sparse"] + ["dense", "sparse"] * 4
     calls.clear()
-    execution._step_time(layer, torch.randn(4, 8), reps=3, min_seconds=0.0)
-    assert len(calls) == 5
+    execution._step_times(dense, sparse, x, reps=3, min_seconds=10.0)
+    assert calls == ["dense", "sparse"] * 52  # probes, warm-ups, then up to the cap of 50 pairs
     calls.clear()
-    execution._step_time(layer, torch.randn(4, 8), reps=3, min_seconds=10.0)
-    assert len(calls) == 52  # probe, warm-up, then repetitions up to the cap of 50
+    monkeypatch.setattr(execution, "GIVE_UP", 0.0)
+    execution._step_times(dense, sparse, x, reps=3)
+    assert calls == ["dense", "sparse"] * 3  # probes, warm-ups and one more step each
 
 
 def test_set_execution_errors():
