@@ -191,7 +191,8 @@ def conv_methods(batch, cin, cout, size, sparsity, dtype, device, gen):
     masked.load_state_dict({**dense.state_dict(), "weight_mask_packed": sl.pack_mask(mask)})
     sparse = sl.nn.SparseConv2d.from_masked(masked)
     auto_model = torch.nn.Sequential(copy.deepcopy(masked))
-    choice = sl.set_execution(auto_model, "auto", example=x.detach())["0"]
+    # x requires grad, as in the timed step: auto measures the input gradient too
+    choice = sl.set_execution(auto_model, "auto", example=x)["0"]
     with torch.no_grad():
         ref = masked(x)
         for name, layer in (("sparse", sparse), ("auto", auto_model)):

@@ -57,8 +57,9 @@ def set_execution(
         batch: rows per step that "auto" times linear layers with (tokens or examples per
             training step), when no `example` is given.
         example: an input batch of the model: "auto" then times every layer on inputs of the
-            shape it receives from it (one forward pass, no gradient). Convolutions need it
-            (their input size is otherwise unknown): without it they stay dense in "auto".
+            shape it receives from it (one forward pass in eval mode), the first layer with
+            an input gradient only if `example` requires grad. Convolutions need it (their
+            input size is otherwise unknown): without it they stay dense in "auto".
 
     Layers without a sparse form (grouped or non-zero-padded convolutions) stay dense.
     """
@@ -108,8 +109,8 @@ def set_execution(
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple, bool]]:
     """(input shape, whether training needs the input's gradient) of every masked or sparse
     layer, from one forward pass of `example` in eval mode (so that it changes no state: batch
-    norm's running statistics stay as they were); the first layer of a network needs no input
-    gradient, so its step is timed without one."""
+    norm's running statistics stay as they were). A network's first layer needs no input
+    gradient unless `example` requires one, so its step is then timed without it."""
     shapes: dict[str, tuple[tuple, bool]] = {}
     hooks = []
 
@@ -126,7 +127,7 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tu
     try:
         model.eval()
         with torch.enable_grad():
-            model(example.detach())
+            model(example)
     finally:
         for hook in hooks:
             hook.remove()

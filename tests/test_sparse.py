@@ -410,6 +410,10 @@ def test_auto_times_the_first_layer_without_input_gradient(monkeypatch):
     stats = [t.clone() for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
     sl.set_execution(model, "auto", example=torch.randn(5, 12))
     assert seen == {(5, 12): {False}, (5, 16): {True}}
+    execution._decisions.clear()
+    seen.clear()  # an example that requires grad: the first layer's step computes it too
+    sl.set_execution(model, "auto", example=torch.randn(5, 12, requires_grad=True))
+    assert seen == {(5, 12): {True}, (5, 16): {True}}
     for now, before in zip((bn.running_mean, bn.running_var, bn.num_batches_tracked), stats):
         assert torch.equal(now, before)
     assert all(m.training for m in model.modules())
