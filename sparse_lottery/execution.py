@@ -4,12 +4,13 @@
 (`MaskedLinear`, `MaskedConv2d`: the mask fused into dense products), "sparse" in its sparse form
 (`SparseLinear`, `SparseConv2d`: stored weights only, so products, gradients and optimiser
 state cost the survivors), and "auto" picks per layer from a measured crossover: one training
-step (forward, the gradients training needs — the input's too, except for a network's first
-layer — and a plain SGD update of the stored parameters) of each form, timed on the layer's
-device, dtype and input shape, the sparse form kept only where it is faster (so auto is never
-slower than dense beyond timing noise). Every layer is measured, dense ones too: where the
-dense kernel is inefficient the sparse form can win at any density. Measurements are kept per
-(layer type, device, dtype, shape, input shape, input gradient): see `choose`.
+step (forward, the gradients training needs — the input's too, except for the first layer of
+an `example` that requires none — and a plain SGD update of the stored parameters) of each
+form, timed on the layer's device, dtype and input shape, the sparse form kept only where it is
+faster (so auto is never slower than dense beyond timing noise). Every layer is measured, dense
+ones too: where the dense kernel is inefficient the sparse form can win at any density.
+Measurements are kept per (layer type, device, dtype, shape, input shape, input gradient): see
+`choose`.
 
 Conversion replaces modules, so call it where masks are fixed for a while, before building the
 optimiser (at the start of an IMP level), and convert back with "dense" before pruning.
