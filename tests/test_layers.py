@@ -470,3 +470,51 @@ def test_masked_linear_full_mask_runs_torch_linear_until_the_mask_changes(monkey
     with torch.inference_mode():  # no version counter: the masked op, always correct
         frozen, x = MaskedLinear(4, 3), torch.ones(2, 4)
         torch.testing.assert_close(frozen(x), nn.Linear.forward(frozen, x))
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, shape, torch_conv",
+    [
+        (MaskedConv2d, {"padding": 1}, (2, 3, 8, 7), True),
+        (MaskedConv2d, {"padding": "same", "padding_mode": "reflect"}, (2, 3, 5, 6), True),
+        (MaskedConv2d, {"stride": 2, "dilation": 2}, (1, 3, 9, 9), True),
+        (MaskedConv2d, {"groups": 3, "padding": 1}, (2, 3, 2, 2), True),  # no im2col form
+        (MaskedConv2d, {"padding": 1}, (2, 3, 2, 2), False),  # 4 positions: the im2col form
+        (MaskedConv2d, {"padding": "valid"}, (2, 3, 4, 4), False),  # 2x2 output
+        (MaskedConv1d, {"padding": 1, "padding_mode": "circular"}, (2, 3, 3), True),
+    ],
+)
+def test_masked_conv_full_mask_runs_torch_conv_except_where_im2col_is_faster(
+    monkeypatch, cls, kwargs, shape, torch_conv
+):
+    """A mask that keeps every weight runs torch's convolution, except on CPU 2-D outputs of at
+    most 4 positions per image, where the masked op's im2col form is faster; pruning a weight
+    brings the masked op back. Outputs and gradients match the reference on every path."""
+    calls = []
+    masked_op = cls._conv_op
+    monkeypatch.setattr(cls, "_conv_op", staticmethod(lambda *a: calls.append(1) or masked_op(*a)))
+    torch.manual_seed(0)
+    layer = cls(3, 6, 3, dtype=torch.float64, **kwargs)
+    dense = layer._dense_cls(3, 6, 3, dtype=torch.float64, **kwargs)
+    x = torch.randn(*shape, dtype=torch.float64)
+
+    def check(keep: torch.Tensor, masked: bool) -> None:
+        calls.clear()
+        out = layer(x)
+        assert bool(calls) == masked
+        with torch.no_grad():
+            dense.weight.copy_(layer.weight * keep)
+            dense.bias.copy_(layer.bias)
+        torch.testing.assert_close(out, dense(x), rtol=0, atol=1e-12)
+        layer.weight.grad = None
+        out.sum().backward()
+        assert bool((layer.weight.grad[~keep] == 0).all())
+
+    full = torch.ones(layer.weight.shape, dtype=torch.bool)
+    check(full, masked=not torch_conv)
+    partial = full.clone()
+    partial[1, 0, 0] = False
+    layer.set_mask(partial)
+    check(partial, masked=True)
+    layer.set_mask(full)
+    check(full, masked=not torch_conv)

@@ -34,6 +34,9 @@ _OWNERS = WeakIdKeyDictionary()
 # id of a packed mask -> (weak reference to it, its version counter when counted, whether it
 # keeps every weight); an entry leaves when its mask is freed. A plain dict: `forward` reads it.
 _FULL: dict[int, tuple] = {}
+# Output positions per image up to which a CPU 2-D masked convolution runs its im2col form
+# (kGemmPositions in csrc/cpu/conv_gemm.h).
+_IM2COL_POSITIONS = 4
 
 
 def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
@@ -305,7 +308,27 @@ class _MaskedConvNd(_MaskedMixin):
         return out.squeeze(0) if unbatched else out
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if _keeps_all(self.weight_mask_packed, self.weight.numel()) and not self._im2col_serves(
+            input
+        ):  # nothing pruned: torch's own convolution, the same product without the masking
+            return self._dense_cls._conv_forward(self, input, self.weight, self.bias)
         return self._conv_forward(input, self.weight, self.bias)
+
+    def _im2col_serves(self, input: torch.Tensor) -> bool:
+        """Whether the masked op would take its im2col form for `input`: 2-D, on the CPU, at
+        most `_IM2COL_POSITIONS` output positions per image (csrc/cpu/conv_gemm.h), where it
+        beats the framework convolution even with nothing pruned."""
+        if len(self.kernel_size) != 2 or input.device.type != "cpu" or self.groups != 1:
+            return False
+        if self.padding == "same":
+            return input.shape[-2] * input.shape[-1] <= _IM2COL_POSITIONS
+        pad = (0, 0) if self.padding == "valid" else self.padding
+        positions = 1
+        for size, k, s, p, d in zip(
+            input.shape[-2:], self.kernel_size, self.stride, pad, self.dilation
+        ):
+            positions *= max((size + 2 * p - d * (k - 1) - 1) // s + 1, 0)
+        return positions <= _IM2COL_POSITIONS
 
 
 class MaskedConv1d(_MaskedConvNd, nn.Conv1d):
