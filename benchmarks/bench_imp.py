@@ -7,7 +7,9 @@ what a researcher writes today: plain layers with `prune.l1_unstructured` /
 `prune.global_unstructured` forward hooks (weight = weight_orig * mask every forward), the
 torch optimiser over dense tensors, rewinding by copying θ0 into `weight_orig`. The driver runs
 with `--execution auto` (sparse kernels where they are faster) and the masked optimisers, and
-also writes its checkpoints and metrics; its time includes all of that.
+also writes its checkpoints and metrics; its time includes all of that. The two run level by
+level, alternating which goes first, so that a drift of the shared machine's speed hits both;
+a level's time covers its pruning, rewinding, training and evaluation.
 
 Workloads: the MNIST-1D MLP (40→500→500→10, Adam, 10 levels) and ResNet-20 on CIFAR-shaped
 synthetic inputs (SGD, 10 levels, few iterations per level). The per-level rate is chosen so
@@ -36,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine  # noqa: E402
 
 from sparse_lottery import models  # noqa: E402
-from sparse_lottery.lottery import Runtime, apply_preset, run_imp  # noqa: E402
+from sparse_lottery.lottery import Runtime, apply_preset  # noqa: E402
 from sparse_lottery.lottery.runner import Run  # noqa: E402
 from sparse_lottery.lottery.schedule import learning_rate  # noqa: E402
 from sparse_lottery.lottery.trainer import evaluate  # noqa: E402
@@ -58,8 +60,9 @@ def workloads(quick: bool) -> list[dict]:
     return [mlp, resnet]
 
 
-def torch_prune_loop(run: Run, levels: int, device) -> dict:
-    """The same IMP written with torch.nn.utils.prune; per-level seconds and accuracies."""
+def torch_prune_levels(run: Run, levels: int, device):
+    """The same IMP written with torch.nn.utils.prune, one level per `next()`: yields (test
+    accuracy, density) after training each level (pruning and rewinding included)."""
     exp = run.exp
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -74,7 +77,6 @@ def torch_prune_loop(run: Run, levels: int, device) -> dict:
         prune.identity(m, "weight")
     spe, total = run.data.steps_per_epoch, run.total
     eval_every = spe
-    out = {"level_seconds": [], "accuracy": [], "density": []}
     for level in range(levels + 1):
         if level > 0:
             if exp.pruning.prune_method == "global_magnitude":
@@ -92,7 +94,6 @@ def torch_prune_loop(run: Run, levels: int, device) -> dict:
                         v.copy_(init[base])
         opt = _optimizer(model, exp)
         model.train()
-        start = time.perf_counter()
         for step in range(total):
             for g in opt.param_groups:
                 g["lr"] = learning_rate(exp.training, step, total, spe)
@@ -103,11 +104,8 @@ def torch_prune_loop(run: Run, levels: int, device) -> dict:
             opt.step()
             if (step + 1) % eval_every == 0 or step + 1 == total:
                 _, acc = evaluate(model, run.data.test, device, contextlib.nullcontext)
-        out["level_seconds"].append(time.perf_counter() - start)
-        out["accuracy"].append(acc)
         kept = sum(int(m.weight_mask.sum()) for m, _ in layers)
-        out["density"].append(kept / sum(m.weight_mask.numel() for m, _ in layers))
-    return out
+        yield acc, kept / sum(m.weight_mask.numel() for m, _ in layers)
 
 
 def _amount(layers) -> int:
@@ -133,31 +131,49 @@ def warm_up() -> None:
 
 
 def bench(work: dict, device: str) -> dict:
+    """Both loops level by level, alternating which runs first: a drift of the shared
+    machine's speed (seconds to minutes long) then hits both alike. A level's time is all of
+    it: pruning, rewinding, choosing execution forms, training, evaluation, files."""
     exp = apply_preset("mnist1d_mlp", work["overrides"])
     with tempfile.TemporaryDirectory() as root:
         rt = Runtime(root=root, device=device, progress=False, eval_every="1ep",
                      checkpoint_every="100000it")  # fmt: skip
-        Run(exp, rt)  # data generated/loaded before timing
-        start = time.perf_counter()
-        rows = run_imp(exp, rt, work["levels"])
-        ours_total = time.perf_counter() - start
-        run = Run(exp, rt)
-        start = time.perf_counter()
-        base = torch_prune_loop(run, work["levels"], torch.device(device))
-        base_total = time.perf_counter() - start
-    ours_levels = [r["ticket"]["seconds"] for r in rows]
-    high = max(range(len(rows)), key=lambda i: 1 - rows[i]["density"])
+        run = Run(exp, rt)  # data generated/loaded before timing
+        base = torch_prune_levels(Run(exp, rt), work["levels"], torch.device(device))
+        ours, theirs = [], []
+
+        def ours_level(level: int) -> None:
+            start = time.perf_counter()
+            summary = run.level(level)
+            ours.append((time.perf_counter() - start, summary))
+
+        def base_level(level: int) -> None:
+            start = time.perf_counter()
+            acc, density = next(base)
+            theirs.append((time.perf_counter() - start, acc, density))
+
+        for level in range(work["levels"] + 1):
+            first, second = (ours_level, base_level) if level % 2 == 0 else (base_level, ours_level)
+            first(level)
+            second(level)
+            density = ours[-1][1]["density"]
+            print(f"level {level}: density {density:.4f}, ours {ours[-1][0]:.2f} s, "
+                  f"torch prune {theirs[-1][0]:.2f} s", flush=True)  # fmt: skip
+    ours_levels = [t for t, _ in ours]
+    base_levels = [t for t, _, _ in theirs]
+    density = [summary["density"] for _, summary in ours]
+    high = max(range(len(ours)), key=lambda i: 1 - density[i])
     return {
         "workload": work["name"], "levels": work["levels"],
         "iterations_per_level": run.total,
-        "density": [r["density"] for r in rows],
-        "ours_seconds": ours_total, "torch_prune_seconds": base_total,
-        "speedup": base_total / ours_total,
-        "ours_level_seconds": ours_levels, "torch_prune_level_seconds": base["level_seconds"],
-        "ours_accuracy": [r["ticket"]["test_accuracy"] for r in rows],
-        "torch_prune_accuracy": base["accuracy"],
-        "execution_last_level": rows[-1]["ticket"]["execution"],
-        "sparsest_level": high, "sparsest_sparsity": 1 - rows[high]["density"],
+        "density": density, "torch_prune_density": [d for _, _, d in theirs],
+        "ours_seconds": sum(ours_levels), "torch_prune_seconds": sum(base_levels),
+        "speedup": sum(base_levels) / sum(ours_levels),
+        "ours_level_seconds": ours_levels, "torch_prune_level_seconds": base_levels,
+        "ours_accuracy": [summary["test_accuracy"] for _, summary in ours],
+        "torch_prune_accuracy": [acc for _, acc, _ in theirs],
+        "execution_last_level": ours[-1][1]["execution"],
+        "sparsest_level": high, "sparsest_sparsity": 1 - density[high],
         "sparsest_vs_dense": ours_levels[0] / ours_levels[high],
     }  # fmt: skip
 

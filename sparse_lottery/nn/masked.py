@@ -266,7 +266,9 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
 class _MaskedConvNd(_MaskedMixin):
     """Padding handling shared by the masked convolutions, following `torch.nn.modules.conv`:
     non-'zeros' padding modes pad the input with `F.pad` first; 'same' padding that cannot be
-    split evenly pads the extra element on the right, as torch does."""
+    split evenly pads the extra element on the right, as torch does. While the mask keeps every
+    weight, `forward` is torch's convolution (the same product without the masking), except
+    where the masked op's im2col form is faster (CPU 2-D outputs of at most 4 positions)."""
 
     _conv_op = None
 
