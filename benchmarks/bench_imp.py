@@ -139,7 +139,7 @@ def bench(work: dict, device: str) -> dict:
         rt = Runtime(root=root, device=device, progress=False, eval_every="1ep",
                      checkpoint_every="100000it")  # fmt: skip
         run = Run(exp, rt)  # data generated/loaded before timing
-        base = torch_prune_levels(Run(exp, rt), work["levels"], torch.device(device))
+        base = torch_prune_levels(run, work["levels"], torch.device(device))
         ours, theirs = [], []
 
         def ours_level(level: int) -> None:

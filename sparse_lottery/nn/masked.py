@@ -25,6 +25,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
 from .._mask_format import count_kept
+from .._sparse_checks import conv2d_output_size
 
 MASK_BUFFER = "weight_mask_packed"
 
@@ -257,10 +258,10 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         self._init_mask()
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        mask = self.weight_mask_packed
-        if _keeps_all(mask, self.weight.numel()):  # nothing pruned: torch's own linear, the
-            return F.linear(input, self.weight, self.bias)  # same product without the masking
-        return ops.masked_linear(input, self.weight, mask, self.bias)
+        weight, bias, mask = self.weight, self.bias, self.weight_mask_packed
+        if _keeps_all(mask, weight.numel()):  # nothing pruned: torch's own linear, the same
+            return F.linear(input, weight, bias)  # product without the masking
+        return ops.masked_linear(input, weight, mask, bias)
 
 
 class _MaskedConvNd(_MaskedMixin):
@@ -310,11 +311,11 @@ class _MaskedConvNd(_MaskedMixin):
         return out.squeeze(0) if unbatched else out
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if _keeps_all(self.weight_mask_packed, self.weight.numel()) and not self._im2col_serves(
-            input
-        ):  # nothing pruned: torch's own convolution, the same product without the masking
-            return self._dense_cls._conv_forward(self, input, self.weight, self.bias)
-        return self._conv_forward(input, self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if _keeps_all(self.weight_mask_packed, weight.numel()) and not self._im2col_serves(input):
+            # nothing pruned: torch's own convolution, the same product without the masking
+            return self._dense_cls._conv_forward(self, input, weight, bias)
+        return self._conv_forward(input, weight, bias)
 
     def _im2col_serves(self, input: torch.Tensor) -> bool:
         """Whether the masked op would take its im2col form for `input`: 2-D, on the CPU, at
@@ -325,12 +326,10 @@ class _MaskedConvNd(_MaskedMixin):
         if self.padding == "same":
             return input.shape[-2] * input.shape[-1] <= _IM2COL_POSITIONS
         pad = (0, 0) if self.padding == "valid" else self.padding
-        positions = 1
-        for size, k, s, p, d in zip(
-            input.shape[-2:], self.kernel_size, self.stride, pad, self.dilation
-        ):
-            positions *= max((size + 2 * p - d * (k - 1) - 1) // s + 1, 0)
-        return positions <= _IM2COL_POSITIONS
+        out_h, out_w = conv2d_output_size(
+            (1, 1, *input.shape[-2:]), self.kernel_size, self.stride, pad, self.dilation
+        )
+        return max(out_h, 0) * max(out_w, 0) <= _IM2COL_POSITIONS
 
 
 class MaskedConv1d(_MaskedConvNd, nn.Conv1d):
