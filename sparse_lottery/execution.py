@@ -7,8 +7,9 @@ state cost the survivors), and "auto" picks per layer from a measured crossover:
 step (forward, the gradients training needs — the input's too, except for the first layer of
 an `example` that requires none — and a plain SGD update of the stored parameters) of each
 form, timed on the layer's device, dtype and input shape, the sparse form kept only where it is
-faster (so auto is never slower than dense beyond timing noise). Every layer is measured, dense
-ones too: where the dense kernel is inefficient the sparse form can win at any density.
+faster (so auto is never slower than dense beyond timing noise). Every pruned layer is
+measured, nearly dense ones too (where the dense kernel is inefficient the sparse form can win
+at a high density); a layer that keeps every weight stays dense (torch's own kernel).
 Measurements are kept per (layer type, device, dtype, shape, input shape, input gradient): see
 `choose`.
 
@@ -155,13 +156,17 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
     lost density d₀ the sparse step is not measured again until it could win: a step costing
     a + b·d (fixed work plus work per stored weight) takes at least t(d₀)·d/d₀ at density
     d ≤ d₀, so while that bound is not below the margin times the last dense time (the dense
-    time does not depend on the density below 1; a full mask runs torch's unmasked kernel, so
-    its time is not kept) the layer stays dense without a measurement (an IMP level then
-    chooses in microseconds instead of timing every layer's losing sparse form again)."""
+    time does not depend on the density below 1) the layer stays dense without a measurement
+    (an IMP level then chooses in microseconds instead of timing every layer's losing sparse
+    form again). A full mask is dense without a measurement: the dense form then runs torch's
+    own kernel, and the sparse form would run the same products with every weight's index."""
+    exact = layer.density
+    if exact >= 1.0:  # torch's own kernel, against the same products plus the index traffic
+        return "dense"
     weight = layer.weight
     config = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
               tuple(input_shape), input_grad)  # fmt: skip
-    density = round(layer.density, 3)
+    density = round(exact, 3)
     known = _decisions.setdefault(
         config, {"won": -1.0, "lost": 2.0, "dense": None, "lost_time": 0.0}
     )
@@ -177,8 +182,7 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
     x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
     sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
     t_dense, t_sparse = _step_times(layer, sparse, x, input_grad)
-    if layer.density < 1.0:  # a full mask runs torch's unmasked kernel: not kept for others
-        known["dense"] = t_dense
+    known["dense"] = t_dense
     if t_sparse < SPARSE_MARGIN * t_dense:
         known["won"] = max(known["won"], density)
         return "sparse"

@@ -491,8 +491,8 @@ def test_masked_conv_full_mask_runs_torch_conv_except_where_im2col_is_faster(
     most 4 positions per image, where the masked op's im2col form is faster; pruning a weight
     brings the masked op back. Outputs and gradients match the reference on every path."""
     calls = []
-    masked_op = cls._conv_op
-    monkeypatch.setattr(cls, "_conv_op", staticmethod(lambda *a: calls.append(1) or masked_op(*a)))
+    masked_op = cls._op
+    monkeypatch.setattr(cls, "_op", staticmethod(lambda *a: calls.append(1) or masked_op(*a)))
     torch.manual_seed(0)
     layer = cls(3, 6, 3, dtype=torch.float64, **kwargs)
     dense = layer._dense_cls(3, 6, 3, dtype=torch.float64, **kwargs)

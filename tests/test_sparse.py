@@ -276,6 +276,7 @@ def _model():
         torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
     )
     model[0].set_mask(torch.rand(256, 64) < 0.02)
+    model[2].set_mask(torch.rand(10, 256) < 0.5)
     return model
 
 
@@ -338,10 +339,10 @@ def test_auto_reuses_measurements_across_densities(monkeypatch):
     execution._decisions.clear()
 
 
-def test_auto_does_not_reuse_the_dense_time_of_a_full_mask(monkeypatch):
-    """A full mask runs torch's unmasked linear, faster than the masked product: its dense time
-    must not bound the masked layer's decisions at lower densities (here the bound from the
-    full mask, 3·0.3/1 = 0.9 ≥ 0.9·1, would skip the measurement at 0.3)."""
+def test_auto_keeps_a_full_mask_dense_without_measuring(monkeypatch):
+    """A full mask runs torch's unmasked kernel, which the sparse form (the same products plus
+    an index per weight) cannot beat: no measurement, and nothing recorded that could bound the
+    masked layer's decisions at lower densities (which are measured)."""
     from sparse_lottery import execution
 
     execution._decisions.clear()
@@ -349,12 +350,13 @@ def test_auto_does_not_reuse_the_dense_time_of_a_full_mask(monkeypatch):
 
     def fake(dense, sparse, x, *args, **kw):
         timed.append(dense.density)
-        return 1.0, 3.0
+        return 1.0, 0.5
 
     monkeypatch.setattr(execution, "_step_times", fake)
-    assert execution.choose(layer, (8, 64)) == "dense" and timed == [1.0]
+    assert execution.choose(layer, (8, 64)) == "dense" and timed == []
+    assert execution._decisions == {}
     layer.set_mask(torch.rand(32, 64) < 0.3)
-    assert execution.choose(layer, (8, 64)) == "dense" and len(timed) == 2
+    assert execution.choose(layer, (8, 64)) == "sparse" and len(timed) == 1
     execution._decisions.clear()
 
 
@@ -406,6 +408,8 @@ def test_auto_times_the_first_layer_without_input_gradient(monkeypatch):
             torch.nn.Linear(16, 8),
         )
     )
+    model[0].set_mask(torch.rand(16, 12) < 0.5)  # pruned: a full mask is not measured
+    model[3].set_mask(torch.rand(8, 16) < 0.5)
     bn = model[1]
     stats = [t.clone() for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
     sl.set_execution(model, "auto", example=torch.randn(5, 12))

@@ -38,6 +38,7 @@ _FULL: dict[int, tuple] = {}
 # Output positions per image up to which a CPU 2-D masked convolution runs its im2col form
 # (kGemmPositions in csrc/cpu/conv_gemm.h).
 _IM2COL_POSITIONS = 4
+_is_compiling = torch.compiler.is_compiling
 
 
 def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
@@ -46,18 +47,16 @@ def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
     bumps the version), so a forward pays a dictionary lookup (~1 µs). Tensors without a
     version (inference, fake, meta, subclasses, under torch.compile) answer False: the masked
     op then runs, which is always correct."""
-    if (
-        torch.compiler.is_compiling()
-        or type(mask) is not torch.Tensor
-        or mask.is_inference()
-        or mask.is_meta
-    ):
+    if _is_compiling():
         return False
-    key, version = id(mask), mask._version
+    key = id(mask)
     entry = _FULL.get(key)
-    if entry is None or entry[0]() is not mask or entry[1] != version:
-        ref = weakref.ref(mask, lambda _, key=key: _FULL.pop(key, None))
-        entry = _FULL[key] = (ref, version, count_kept(mask) == numel)
+    if entry is not None and entry[0]() is mask and entry[1] == mask._version:
+        return entry[2]
+    if type(mask) is not torch.Tensor or mask.is_inference() or mask.is_meta:
+        return False
+    ref = weakref.ref(mask, lambda _, key=key: _FULL.pop(key, None))
+    entry = _FULL[key] = (ref, mask._version, count_kept(mask) == numel)
     return entry[2]
 
 
@@ -271,7 +270,7 @@ class _MaskedConvNd(_MaskedMixin):
     weight, `forward` is torch's convolution (the same product without the masking), except
     where the masked op's im2col form is faster (CPU 2-D outputs of at most 4 positions)."""
 
-    _conv_op = None
+    _op = None  # torch.ops.sparse_lottery.masked_conv{1,2}d.default
 
     def _padded(self, input: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         if self.padding_mode != "zeros":
@@ -291,31 +290,31 @@ class _MaskedConvNd(_MaskedMixin):
             return input, left
         return input, list(self.padding)
 
-    def _conv_forward(
-        self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    def _masked_conv(
+        self,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        unbatched = input.dim() == len(self.kernel_size) + 1  # (C, *spatial), as torch allows
-        if unbatched:
+        batched = input.dim() == len(self.kernel_size) + 2
+        if batched and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            # the common case goes straight to the op (a small layer's training step is ~3 ms;
+            # the general path's Python below costs ~1% of it)
+            args = (self.stride, self.padding, self.dilation, self.groups)
+            return self._op(input, weight, mask, bias, *args)
+        if not batched:  # (C, *spatial), as torch allows
             input = input.unsqueeze(0)
         input, padding = self._padded(input)
-        out = self._conv_op(
-            input,
-            weight,
-            self.weight_mask_packed,
-            bias,
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-        )
-        return out.squeeze(0) if unbatched else out
+        out = self._op(input, weight, mask, bias, self.stride, padding, self.dilation, self.groups)
+        return out if batched else out.squeeze(0)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        if _keeps_all(self.weight_mask_packed, weight.numel()) and not self._im2col_serves(input):
+        weight, bias, mask = self.weight, self.bias, self.weight_mask_packed
+        if _keeps_all(mask, weight.numel()) and not self._im2col_serves(input):
             # nothing pruned: torch's own convolution, the same product without the masking
             return self._dense_cls._conv_forward(self, input, weight, bias)
-        return self._conv_forward(input, weight, bias)
+        return self._masked_conv(input, weight, mask, bias)
 
     def _im2col_serves(self, input: torch.Tensor) -> bool:
         """Whether the masked op would take its im2col form for `input`: 2-D, on the CPU, at
@@ -343,7 +342,7 @@ class MaskedConv1d(_MaskedConvNd, nn.Conv1d):
     """
 
     _dense_cls = nn.Conv1d
-    _conv_op = staticmethod(ops.masked_conv1d)
+    _op = torch.ops.sparse_lottery.masked_conv1d.default
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -361,7 +360,7 @@ class MaskedConv2d(_MaskedConvNd, nn.Conv2d):
     """
 
     _dense_cls = nn.Conv2d
-    _conv_op = staticmethod(ops.masked_conv2d)
+    _op = torch.ops.sparse_lottery.masked_conv2d.default
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
