@@ -58,7 +58,8 @@ class _SparseWeight(nn.Module):
 
     @property
     def layout(self) -> SparseLayout:
-        return SparseLayout(*(getattr(self, name) for name in LAYOUT_BUFFERS))
+        buffers = self._buffers  # read directly: every forward builds the layout
+        return SparseLayout._make([buffers[name] for name in LAYOUT_BUFFERS])
 
     @property
     def weight(self) -> torch.Tensor:
