@@ -17,6 +17,7 @@ Example:
 
 import copy
 import weakref
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -272,7 +273,7 @@ class _MaskedConvNd(_MaskedMixin):
 
     _op = None  # torch.ops.sparse_lottery.masked_conv{1,2}d.default
 
-    def _padded(self, input: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    def _padded(self, input: torch.Tensor) -> tuple[torch.Tensor, Sequence[int]]:
         if self.padding_mode != "zeros":
             pad = self._reversed_padding_repeated_twice
             return F.pad(input, pad, mode=self.padding_mode), [0] * len(self.kernel_size)
@@ -288,7 +289,7 @@ class _MaskedConvNd(_MaskedMixin):
             if any(extra):
                 input = F.pad(input, extra)
             return input, left
-        return input, list(self.padding)
+        return input, self.padding
 
     def _masked_conv(
         self,
@@ -298,11 +299,6 @@ class _MaskedConvNd(_MaskedMixin):
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         batched = input.dim() == len(self.kernel_size) + 2
-        if batched and self.padding_mode == "zeros" and not isinstance(self.padding, str):
-            # the common case goes straight to the op (a small layer's training step is ~3 ms;
-            # the general path's Python below costs ~1% of it)
-            args = (self.stride, self.padding, self.dilation, self.groups)
-            return self._op(input, weight, mask, bias, *args)
         if not batched:  # (C, *spatial), as torch allows
             input = input.unsqueeze(0)
         input, padding = self._padded(input)
