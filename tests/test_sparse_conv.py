@@ -88,6 +88,26 @@ def test_forward_and_backward_match_reference(case, dtype, device):
                 torch.testing.assert_close(a, full, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2)], ids=str)
+def test_batches_of_several_chunks_match_reference(stride, dtype):
+    """The CPU kernel convolves a batch in chunks of ~4 MiB of grids: 8 → 8 channels at 32×32
+    take 70 KB per image forward (x and y planes) and 105 KB backward (dy, dx, x), so 130 images
+    run as chunks of 60, 60, 10 forward and 40, 40, 40, 10 backward; d_values sums over them."""
+    case = (130, 8, 8, 32, 32, (3, 3), stride, (1, 1), (1, 1), 0.2)
+    layout, values, x, bias, grad, geometry = _problem(case, dtype, "cpu", seed=1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    args = (x, values, *layout, bias, *geometry)
+    ref64 = reference.sparse_conv2d(*_as64(args))
+    assert_close_to_reference(OPS.sparse_conv2d(*args), ref64, reference.sparse_conv2d(*args))
+    args = (grad, x, values, *layout, *geometry, [True, True, False])
+    got = OPS.sparse_conv2d_backward(*args)
+    ref64 = reference.sparse_conv2d_backward(*_as64(args))
+    same = reference.sparse_conv2d_backward(*args)
+    for what, a, r64, rs in zip(("d_input", "d_values"), got, ref64, same):
+        assert_close_to_reference(a, r64.to(a.dtype).double(), rs, f"{what} {stride} {dtype}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_layer_gradients_flow_to_input_values_and_bias(device):
     torch.manual_seed(0)
