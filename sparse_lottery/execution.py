@@ -213,6 +213,22 @@ def _step_times(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, input_grad
     return min(times[0][1:]), min(times[1][1:])
 
 
+class _Seed(torch.autograd.Function):
+    """A zero scalar whose backward sends the fixed `grad` into `out`: the timed step then
+    differentiates a scalar, as training does. Passing `grad` to `torch.autograd.grad` instead
+    makes torch import sympy at the first such call (0.6 s on the CPU machine), a cost that
+    plain training (`loss.backward()`) never pays."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        ctx.grad = grad
+        return out.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        return ctx.grad, None
+
+
 def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool):
     """A function timing one training step of `layer`: forward + backward (parameter
     gradients, and the input's when `input_grad`) + the cheapest optimiser update (p - lr·g
@@ -229,7 +245,7 @@ def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool):
         if x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        grads = torch.autograd.grad(layer(x), wrt, grad)
+        grads = torch.autograd.grad(_Seed.apply(layer(x), grad), wrt)
         with torch.no_grad():
             torch._foreach_add(stored, grads[len(wrt) - len(params) :], alpha=-1e-3)
         if x.is_cuda:

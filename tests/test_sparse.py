@@ -3,6 +3,8 @@ dense-fused path, the layout, `SparseLinear`, `set_execution`, and the errors of
 
 import copy
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -537,3 +539,25 @@ def test_compile_fullgraph_sparse_conv2d():
     ex, ev = torch.autograd.grad(layer(x).sum(), [x, layer.values])
     torch.testing.assert_close(gx, ex)
     torch.testing.assert_close(gv, ev)
+
+
+def test_timed_step_seeds_the_layer_gradient_without_importing_sympy():
+    from sparse_lottery import execution
+
+    layer = sl.nn.MaskedLinear(6, 5)
+    x = torch.randn(3, 6, requires_grad=True)
+    grad = torch.randn(3, 5)
+    got = torch.autograd.grad(execution._Seed.apply(layer(x), grad), [x, layer.weight])
+    want = torch.autograd.grad(layer(x), [x, layer.weight], grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    # A fresh process: choosing a form costs no sympy import (0.6 s) that training never pays.
+    code = (
+        "import sys, torch, sparse_lottery as sl\n"
+        "m = sl.sparsify(torch.nn.Sequential(torch.nn.Linear(64, 64)))\n"
+        "m[0].set_mask(torch.rand(64, 64) < 0.1)\n"
+        "sl.set_execution(m, 'auto', example=torch.randn(8, 64))\n"
+        "print('sympy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
