@@ -133,6 +133,23 @@ def test_foreign_checkpoint_is_refused(tmp_path, field, value):
         checkpoint.load(path, **want)
 
 
+def test_metrics_files_append_and_reset_to_the_checkpointed_metrics(tmp_path):
+    from sparse_lottery.lottery.trainer import _append_metrics, _reset_metrics
+
+    rows = [{"step": s, "lr": 0.1, "test_accuracy": s / 10} for s in (10, 20, 30)]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 99}\n{"ste')  # a killed run's leftovers
+    (tmp_path / "metrics.csv").write_text("step\n99\n")
+    _reset_metrics(tmp_path, rows[:2])  # resumed from a checkpoint that holds two evaluations
+    _append_metrics(tmp_path, rows[2])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "step,lr,test_accuracy", "10,0.1,1.0", "20,0.1,2.0", "30,0.1,3.0"
+    ]  # fmt: skip
+    _reset_metrics(tmp_path, [])  # a fresh start
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "metrics.csv").exists()
+
+
 def test_model_signature_tracks_shapes_not_values():
     a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     assert checkpoint.model_signature(a) == checkpoint.model_signature(b)

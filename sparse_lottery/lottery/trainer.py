@@ -185,6 +185,8 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     trainer = _ddp(model, runtime)
     bar = Progress(seg.end, str(directory.relative_to(runtime.root)), start=step,
                    enabled=runtime.progress and main)  # fmt: skip
+    if main:
+        _reset_metrics(directory, metrics)
     model.train()
     t_start = time.perf_counter()
     while step < seg.end:
@@ -215,7 +217,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
                             "seconds": seconds + time.perf_counter() - t_start})  # fmt: skip
             loss_sum, loss_count = 0.0, 0
             if main:
-                _write_metrics(directory, metrics)
+                _append_metrics(directory, metrics[-1])
         due = (
             (step % ckpt_every == 0)
             if ckpt_every
@@ -277,17 +279,29 @@ def _save_weights(path: Path, model: nn.Module, tag: str, kind: str, **meta) -> 
                     model=checkpoint.model_signature(model), **meta)  # fmt: skip
 
 
-def _write_metrics(directory: Path, metrics: list) -> None:
-    """The metrics so far, rewritten at every evaluation without syncing to the disk (four
-    fsyncs per evaluation cost ~2% of a small model's run): the resumable checkpoint, which is
-    synced, carries them too, and a resumed run rewrites these files."""
-    lines = "".join(json.dumps(m) + "\n" for m in metrics)
-    checkpoint.atomic_write(directory / "metrics.jsonl", lines.encode(), durable=False)
-    keys = list(metrics[0])
-    rows = [",".join(keys)] + [",".join(str(m[k]) for k in keys) for m in metrics]
-    checkpoint.atomic_write(
-        directory / "metrics.csv", ("\n".join(rows) + "\n").encode(), durable=False
-    )
+METRICS_FILES = ("metrics.jsonl", "metrics.csv")
+
+
+def _reset_metrics(directory: Path, metrics: list) -> None:
+    """The metrics files as `metrics` (a resumed segment's, from its checkpoint; none at a fresh
+    start), whatever a killed run had appended after its last checkpoint."""
+    for name in METRICS_FILES:
+        (directory / name).unlink(missing_ok=True)
+    for entry in metrics:
+        _append_metrics(directory, entry)
+
+
+def _append_metrics(directory: Path, entry: dict) -> None:
+    """One evaluation's metrics appended to metrics.jsonl and metrics.csv (its header first in a
+    new file), not synced to the disk: the resumable checkpoint, which is synced, carries them
+    too, and a resumed segment rewrites these files from it. (Rewriting both files whole at
+    every evaluation cost 1.2 ms per evaluation on the CPU machine, ~1% of a small model's run.)"""
+    with open(directory / METRICS_FILES[0], "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    csv = directory / METRICS_FILES[1]
+    header = "" if csv.exists() else ",".join(entry) + "\n"
+    with open(csv, "a") as f:
+        f.write(header + ",".join(str(v) for v in entry.values()) + "\n")
 
 
 def _checkpoint_cadence(text: str, steps_per_epoch: int) -> tuple[float, int]:
