@@ -31,7 +31,7 @@ from ..model import _masked_layers, _param_name, density
 from ..nn.sparse import _SparseWeight
 from ..ops import apply_mask
 from . import checkpoint, distributed
-from .hparams import Experiment, parse_duration
+from .hparams import Experiment, _choice, parse_duration
 from .progress import Progress
 from .schedule import learning_rate
 
@@ -60,8 +60,17 @@ class Runtime:
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 autocast on GPU), fp32 or bf16"}
     )
+    channels_last: str = field(
+        default="auto",
+        metadata={"help": "auto (on for models with 2-D convolutions), on or off: the model's "
+                  "weights and input batches in channels-last memory format"},
+    )  # fmt: skip
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     progress: bool = field(default=True, metadata={"help": "show progress"})
+
+    def __post_init__(self) -> None:
+        _choice("--precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("--channels-last", self.channels_last, ("auto", "on", "off"))
 
 
 @dataclass
@@ -130,15 +139,18 @@ def make_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, device, autocast) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over all of `data`, in eval mode."""
+def evaluate(
+    model: nn.Module, data, device, autocast, memory_format=torch.contiguous_format
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over all of `data`, in eval mode, image batches in
+    `memory_format`."""
     was_training = model.training
     model.eval()
     loss, correct, n = 0.0, 0, len(data)
     for start in range(0, n, 1000):
         x, y = data.batch(torch.arange(start, min(start + 1000, n)), device)
         with autocast():
-            out = model(x).float()
+            out = model(_formatted(x, memory_format)).float()
         loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(-1) == y).sum().item()
     model.train(was_training)
@@ -152,6 +164,8 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     exp, directory = seg.experiment, seg.directory
     main = distributed.is_main()
     signature = checkpoint.model_signature(model)
+    memory_format = _memory_format(runtime, model)
+    model.to(memory_format=memory_format)
     plan_path = directory / "execution.json"
     ckpt_path = directory / "checkpoint.ckpt"
     resume = ckpt_path.exists()
@@ -162,7 +176,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
         plan = None
         if main:
             x0, _ = data.minibatch(seg.start, seg.seeds, device)
-            plan = set_execution(model, runtime.execution, example=x0)
+            plan = set_execution(model, runtime.execution, example=_formatted(x0, memory_format))
         plan = distributed.from_main(plan)
         set_execution(model, plan)
         if main:
@@ -201,7 +215,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
             group["lr"] = lr
         x, y = data.minibatch(step, seg.seeds, device)
         with autocast():
-            loss = F.cross_entropy(trainer(x).float(), y)
+            loss = F.cross_entropy(trainer(_formatted(x, memory_format)).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -210,7 +224,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
         loss_count += 1
         bar.update(1, loss=loss_sum / loss_count, lr=lr)
         if step % eval_every == 0 or step == seg.end:
-            test_loss, test_acc = evaluate(model, data.test, device, autocast)
+            test_loss, test_acc = evaluate(model, data.test, device, autocast, memory_format)
             metrics.append({"step": step, "epoch": step / spe, "lr": lr,
                             "train_loss": loss_sum / loss_count, "test_loss": test_loss,
                             "test_accuracy": test_acc,
@@ -317,6 +331,23 @@ def _autocast(runtime: Runtime, device: torch.device):
     if not bf16:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _memory_format(runtime: Runtime, model: nn.Module) -> torch.memory_format:
+    """channels_last where `runtime.channels_last` asks for it ('auto': models with 2-D
+    convolutions), else contiguous. cuDNN's tensor-core convolutions want it on the GPU; oneDNN
+    is faster with it on the CPU too: a ResNet-20 training step (batch 64, dense-fused) took
+    167 vs 182 ms, at 40% density 147 vs 183 ms, and a 1000-image evaluation 1.34–1.47 vs
+    1.66–1.87 s on the 2-core machine (at 5% density, most layers sparse: the same)."""
+    on = runtime.channels_last == "on" or (
+        runtime.channels_last == "auto" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
+    return torch.channels_last if on else torch.contiguous_format
+
+
+def _formatted(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A batch of images (4-D) in `memory_format`; other inputs as they are."""
+    return x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
 
 
 def _ddp(model: nn.Module, runtime: Runtime) -> nn.Module:
