@@ -110,6 +110,30 @@ def test_conv_models_train_in_channels_last(tmp_path, data_dir, monkeypatch):
         Runtime(channels_last="yes")
 
 
+def test_tensorboard_events_carry_the_metrics(tmp_path, data_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = tiny(prune_fraction=0.5)
+    run_imp(exp, runtime(tmp_path, data_dir, tensorboard=True), levels=1)
+    for level in range(2):
+        d = tmp_path / f"lottery_{exp.hash()}" / "replicate_0" / f"level_{level}"
+        events = EventAccumulator(str(d / "tensorboard"))
+        events.Reload()
+        rows = without_time(d / "metrics.jsonl")
+        for key in ("test_accuracy", "test_loss", "train_loss", "lr"):
+            got = [(e.step, e.value) for e in events.Scalars(key)]
+            assert got == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows]
+
+
+def test_tensorboard_without_its_package_says_so(tmp_path, monkeypatch):
+    from sparse_lottery.lottery import trainer
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ImportError, match="--tensorboard: needs the tensorboard package"):
+        trainer._event_writer(tmp_path, 0)
+
+
 def test_random_prune_masks_differ_between_replicates(tmp_path, data_dir):
     """Each replicate's random-pruning baseline draws its own masks (same per-layer counts)."""
     from sparse_lottery.lottery.runner import Run

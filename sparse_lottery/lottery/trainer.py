@@ -67,6 +67,11 @@ class Runtime:
     )  # fmt: skip
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     progress: bool = field(default=True, metadata={"help": "show progress"})
+    tensorboard: bool = field(
+        default=False,
+        metadata={"help": "also write the metrics as TensorBoard events in each level's "
+                  "'tensorboard' folder (needs the tensorboard package)"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _choice("--precision", self.precision, ("auto", "fp32", "bf16"))
@@ -199,6 +204,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     trainer = _ddp(model, runtime)
     bar = Progress(seg.end, str(directory.relative_to(runtime.root)), start=step,
                    enabled=runtime.progress and main)  # fmt: skip
+    events = _event_writer(directory, step) if main and runtime.tensorboard else None
     if main:
         _reset_metrics(directory, metrics)
     model.train()
@@ -232,6 +238,10 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
             loss_sum, loss_count = 0.0, 0
             if main:
                 _append_metrics(directory, metrics[-1])
+            if events is not None:
+                for key, value in metrics[-1].items():
+                    if key != "step":
+                        events.add_scalar(key, value, step)
         due = (
             (step % ckpt_every == 0)
             if ckpt_every
@@ -249,6 +259,8 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
                 }, experiment=seg.tag, kind="resume", model=signature)  # fmt: skip
             distributed.barrier()
     bar.close()
+    if events is not None:
+        events.close()
     seconds += time.perf_counter() - t_start
     set_execution(model, "dense")
     summary = summarise(model, metrics, seconds, plan, seg)
@@ -316,6 +328,18 @@ def _append_metrics(directory: Path, entry: dict) -> None:
     header = "" if csv.exists() else ",".join(entry) + "\n"
     with open(csv, "a") as f:
         f.write(header + ",".join(str(v) for v in entry.values()) + "\n")
+
+
+def _event_writer(directory: Path, step: int):
+    """A TensorBoard writer of the segment's `tensorboard` folder that hides the events a killed
+    run wrote at or after `step` (where a resumed segment starts again)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:  # torch raises it when the tensorboard package is missing
+        raise ImportError(
+            "--tensorboard: needs the tensorboard package (pip install tensorboard)"
+        ) from error
+    return SummaryWriter(str(directory / "tensorboard"), purge_step=step or None)
 
 
 def _checkpoint_cadence(text: str, steps_per_epoch: int) -> tuple[float, int]:
