@@ -18,9 +18,12 @@ OPS = torch.ops.sparse_lottery
 ALL_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # (batch shape, in_features K, out_features N, density): odd sizes, empty batches and layers,
-# fully pruned and dense layers, and K, N past one column block of the CPU kernels (1024).
+# fully pruned and dense layers, K, N past one column block of the CPU kernels (1024), and
+# batches the CPU SpMM splits into strips (105: two of 7 vectors; 300: 13, 13 and 12).
 CASES = [
     ((9,), 41, 33, 0.3),
+    ((105,), 23, 19, 0.4),
+    ((300,), 31, 17, 0.3),
     ((1,), 1, 1, 1.0),
     ((2, 3), 17, 5, 0.5),
     ((0,), 8, 6, 0.5),

@@ -138,6 +138,21 @@ void transpose_out(const A* src, int64_t Bp, int64_t batch, int64_t R, T* dst, i
 template <class A>
 constexpr int64_t kStrip = 8 * Vec<A>::kLanes;
 
+// The widest SpMM strip: its accumulators, the broadcast weight and a loaded vector fill the 16
+// AVX registers.
+constexpr int kMaxStripVectors = 13;
+
+// SpMM strip width (elements) for a panel of Bp columns: the fewest strips of at most
+// kMaxStripVectors vectors, of equal widths. A strip loads each stored weight's index and value
+// once, so a batch of 100 (13 vectors) runs one strip instead of 8 + 5 vectors.
+template <class A>
+inline int64_t strip_width(int64_t Bp) {
+  constexpr int64_t L = Vec<A>::kLanes;
+  const int64_t vectors = std::max<int64_t>(Bp / L, 1);
+  const int64_t strips = (vectors + kMaxStripVectors - 1) / kMaxStripVectors;
+  return (vectors + strips - 1) / strips * L;
+}
+
 // out[r, s0 .. s0 + V·L) = init + Σ_{j in [j0, j1)} values[j] · dense[idx[j], s0 ...] (`dense`
 // and `o` point at the strip's first column).
 template <int V, class A, class T>
@@ -158,31 +173,28 @@ inline void spmm_strip(int64_t j0, int64_t j1, const int32_t* idx, const T* valu
   for (int v = 0; v < V; ++v) store(o + v * L, acc[v]);
 }
 
+// spmm_strip<vectors> for a run-time vectors in [1, V].
 template <int V, class A, class T>
-inline void spmm_tail(int tail, int64_t j0, int64_t j1, const int32_t* idx, const T* values,
-                      const A* dense, int64_t Bp, A init, A* o) {
+inline void spmm_vectors(int vectors, int64_t j0, int64_t j1, const int32_t* idx,
+                         const T* values, const A* dense, int64_t Bp, A init, A* o) {
   if constexpr (V > 0) {
-    if (tail == V) return spmm_strip<V>(j0, j1, idx, values, dense, Bp, init, o);
-    spmm_tail<V - 1>(tail, j0, j1, idx, values, dense, Bp, init, o);
+    if (vectors == V) return spmm_strip<V>(j0, j1, idx, values, dense, Bp, init, o);
+    spmm_vectors<V - 1>(vectors, j0, j1, idx, values, dense, Bp, init, o);
   }
 }
 
-// Rows [r0, r1) of out (R × Bp), panel columns [c0, c1) (c0 a multiple of kStrip, c1 of the
-// lanes): out = bias (or 0) + the rows' products. bias may be nullptr.
+// Rows [r0, r1) of out (R × Bp), panel columns [c0, c1) (c0 and c1 multiples of the lanes, at
+// most kMaxStripVectors vectors apart: one strip, see strip_width): out = bias (or 0) + the
+// rows' products. bias may be nullptr.
 template <class A, class T>
 void spmm_rows(const int64_t* offsets, const int32_t* idx, const T* values, const T* bias,
                const A* dense, int64_t Bp, A* out, int64_t r0, int64_t r1, int64_t c0,
                int64_t c1) {
-  constexpr int V = 8, L = Vec<A>::kLanes;
+  const int vectors = static_cast<int>((c1 - c0) / Vec<A>::kLanes);
   for (int64_t r = r0; r < r1; ++r) {
     const A init = bias ? static_cast<A>(bias[r]) : A(0);
-    const int64_t j0 = offsets[r], j1 = offsets[r + 1];
-    int64_t s0 = c0;
-    for (; s0 + V * L <= c1; s0 += V * L)
-      spmm_strip<V>(j0, j1, idx, values, dense + s0, Bp, init, out + r * Bp + s0);
-    if (s0 < c1)
-      spmm_tail<V - 1>(static_cast<int>((c1 - s0) / L), j0, j1, idx, values, dense + s0, Bp,
-                       init, out + r * Bp + s0);
+    spmm_vectors<kMaxStripVectors>(vectors, offsets[r], offsets[r + 1], idx, values,
+                                   dense + c0, Bp, init, out + r * Bp + c0);
   }
 }
 

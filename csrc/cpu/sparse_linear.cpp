@@ -87,14 +87,14 @@ template <class T, class A>
 void spmm(const at::Tensor& offsets, const at::Tensor& idx, const at::Tensor& values,
           const T* bias, const A* dense, int64_t Bp, A* out, int threads) {
   const int64_t rows = offsets.numel() - 1, row_items = items(rows);
-  const int64_t strips = (Bp + sp::kStrip<A> - 1) / sp::kStrip<A>;
+  const int64_t width = sp::strip_width<A>(Bp), strips = (Bp + width - 1) / width;
   const int64_t* off = offsets.const_data_ptr<int64_t>();
   const int32_t* id = idx.const_data_ptr<int32_t>();
   const T* v = values.const_data_ptr<T>();
   cpu::dynamic_for(threads, row_items * strips, [&](int64_t i) {
-    const int64_t r0 = i % row_items * kRowsPerItem, c0 = i / row_items * sp::kStrip<A>;
+    const int64_t r0 = i % row_items * kRowsPerItem, c0 = i / row_items * width;
     sp::spmm_rows<A, T>(off, id, v, bias, dense, Bp, out, r0, std::min(rows, r0 + kRowsPerItem),
-                        c0, std::min(Bp, c0 + sp::kStrip<A>));
+                        c0, std::min(Bp, c0 + width));
   });
 }
 
