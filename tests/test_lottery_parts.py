@@ -150,6 +150,27 @@ def test_metrics_files_append_and_reset_to_the_checkpointed_metrics(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "metrics.csv").exists()
 
 
+def test_evaluate_runs_cpu_chunks_and_matches_one_pass():
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from sparse_lottery.data import ArrayData
+    from sparse_lottery.lottery.trainer import eval_chunk, evaluate
+
+    data = ArrayData(torch.randn(600, 5), torch.randint(0, 3, (600,)), 3)
+    model = torch.nn.Linear(5, 3)
+    sizes = []
+    model.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+    loss, accuracy = evaluate(model, data, "cpu", contextlib.nullcontext)
+    assert eval_chunk("cpu") == 256 and eval_chunk("cuda") == 1000
+    assert sizes == [256, 256, 88]
+    with torch.no_grad():
+        out = model(data.x)
+    assert loss == pytest.approx(F.cross_entropy(out, data.y).item(), rel=1e-5)
+    assert accuracy == (out.argmax(-1) == data.y).sum().item() / 600
+
+
 def test_model_signature_tracks_shapes_not_values():
     a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     assert checkpoint.model_signature(a) == checkpoint.model_signature(b)

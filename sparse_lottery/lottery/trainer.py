@@ -143,17 +143,25 @@ def make_optimizer(model: nn.Module, exp: Experiment) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def eval_chunk(device) -> int:
+    """Examples per forward pass of `evaluate`: 1000 on a GPU, 256 on the CPU, where activations
+    that stay in the cache pay (a 1000-image evaluation on the 2-core machine, chunks of 256 vs
+    1000: ResNet-20 0.89 vs 2.0 s, VGG-16 5.4 vs 7.0 s; Conv-2 1.9 vs 1.8 s; MLPs alike)."""
+    return 1000 if torch.device(device).type == "cuda" else 256
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, data, device, autocast, memory_format=torch.contiguous_format
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over all of `data`, in eval mode, image batches in
-    `memory_format`."""
+    """(mean cross-entropy, accuracy) over all of `data`, in eval mode, in chunks of
+    `eval_chunk(device)` examples, image batches in `memory_format`."""
     was_training = model.training
     model.eval()
     loss, correct, n = 0.0, 0, len(data)
-    for start in range(0, n, 1000):
-        x, y = data.batch(torch.arange(start, min(start + 1000, n)), device)
+    chunk = eval_chunk(device)
+    for start in range(0, n, chunk):
+        x, y = data.batch(torch.arange(start, min(start + chunk, n)), device)
         with autocast():
             out = model(_formatted(x, memory_format)).float()
         loss += F.cross_entropy(out, y, reduction="sum").item()
