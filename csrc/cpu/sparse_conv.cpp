@@ -295,17 +295,12 @@ at::Tensor forward(const ConvShape& s, const at::Tensor& x, const at::Tensor& va
   const auto acc = values.options().dtype(c10::CppTypeToScalarType<A>::value);
   const at::Tensor v = values.to(acc), b = bias.defined() ? bias.to(acc) : bias;
   at::Tensor y = at::empty({s.batch, s.N, s.OH, s.OW}, values.options());
-  at::Tensor src;  // per stored weight, for the chunks' x plane length (the last may differ)
-  int64_t src_plane = -1;
   for_each_chunk<A>(s, padding, dilation, s.C + s.N, [&](const ConvShape& c, int64_t b0,
                                                          const Grid& g) {
     at::Tensor keep;
     const auto p = grids<A>({{s.C, g.x_plane}, {s.N, g.u_plane}}, acc, keep);  // x, y
     pack<T, A>(x.narrow(0, b0, c.batch), p[0], g.x_plane, 0, g, padding[0], padding[1], kOne);
-    if (g.x_plane != src_plane) {
-      src = csr_sources(col_indices, column_shifts(c, dilation, g), c, g);
-      src_plane = g.x_plane;
-    }
+    const at::Tensor src = csr_sources(col_indices, column_shifts(c, dilation, g), c, g);
     shift_spmm<A>(row_offsets.const_data_ptr<int64_t>(), 1, s.N, src.const_data_ptr<int64_t>(),
                   v.const_data_ptr<A>(), b.defined() ? b.const_data_ptr<A>() : nullptr, p[0],
                   g.T, p[1], g.u_plane);

@@ -16,7 +16,7 @@
 //          stored weights at a time so that each dyᵀ load serves eight FMAs.
 // A stored weight costs one FMA per loaded vector of the dense panel, so the products are bound
 // by those loads (random rows of the panel): the SpMM prefetches the rows kAhead stored weights
-// ahead and walks the panel strip by strip (kStrip columns: a row's accumulators stay in
+// ahead and walks the panel strip by strip (strip_width columns: a row's accumulators stay in
 // registers). Blocking W's columns so that a panel strip stays in L2 measured no faster on the
 // 2-core EPYC (256×4096×4096, 95–99% sparse): the partial sums it writes cost what the hits save.
 #pragma once
@@ -134,7 +134,7 @@ void transpose_out(const A* src, int64_t Bp, int64_t batch, int64_t R, T* dst, i
     transpose_block<A, T>(src, Bp, 1, dst, R, r0, r1, b0, std::min(batch, b0 + kTile));
 }
 
-// Strips of a panel row: V vectors, the registers' worth of accumulators.
+// Strips of the sparse convolution's grid rows (sparse_conv.cpp): 8 vectors of accumulators.
 template <class A>
 constexpr int64_t kStrip = 8 * Vec<A>::kLanes;
 

@@ -82,7 +82,7 @@ at::Tensor unpanel(const A* p, int64_t R, int64_t Bp, int64_t batch,
 
 // out (rows × Bp) = bias + the sparse rows (offsets, idx, values) times the panel `dense`,
 // strip-major: all rows of one strip of the batch before the next, so that the threads share
-// the strip of `dense` being read (· × kStrip).
+// the strip of `dense` being read (· × strip_width).
 template <class T, class A>
 void spmm(const at::Tensor& offsets, const at::Tensor& idx, const at::Tensor& values,
           const T* bias, const A* dense, int64_t Bp, A* out, int threads) {
