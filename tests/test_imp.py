@@ -306,8 +306,8 @@ def test_two_process_gloo_run_matches_one_process(tmp_path, data_dir):
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert one.returncode == 0, one.stderr
     cmd = _imp_command(tmp_path / "two", data_dir, *args)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", "29517", *cmd[1:]]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", *cmd[1:]]  # fmt: skip
     two = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     (a,), (b,) = (tmp_path / "one").glob("lottery_*"), (tmp_path / "two").glob("lottery_*")

@@ -3,7 +3,6 @@ pruned-value independence, padding modes, torch.compile, copies, pickling, state
 
 import copy
 import io
-import socket
 
 import pytest
 import torch
@@ -365,20 +364,13 @@ def test_compile_fullgraph(case, backend):
 
 
 # --------------------------------------------------------------------------- DDP
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port):
+def _ddp_worker(rank, world, store_file):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    # A file store: no port to race for, and no store server that leaves with rank 0.
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(rank)  # every rank starts with different weights and masks
         model = nn.Sequential(MaskedLinear(12, 16), nn.ReLU(), MaskedConv1d(1, 2, 3))
@@ -401,12 +393,14 @@ def _ddp_worker(rank, world, port):
         for layer in (model[0], model[2]):
             assert (layer.weight.grad[~layer.mask] == 0).all(), "nonzero grad at pruned weight"
             assert layer.weight.grad[layer.mask].abs().sum() > 0
+        del ddp  # its reducer holds gloo work: free it while the group is alive
+        dist.barrier()  # no rank closes its connections while another still uses them
     finally:
         dist.destroy_process_group()
 
 
-def test_ddp_broadcasts_mask_and_keeps_pruned_grads_zero():
-    mp.spawn(_ddp_worker, args=(2, _free_port()), nprocs=2, join=True)
+def test_ddp_broadcasts_mask_and_keeps_pruned_grads_zero(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store")), nprocs=2, join=True)
 
 
 @pytest.mark.parametrize("shape", [(5, 3, 3, 3), (4, 8, 1, 1), (2, 1, 1, 3)])

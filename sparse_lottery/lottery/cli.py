@@ -134,6 +134,7 @@ def _on_experiment(args: argparse.Namespace, work, command: str | None = None):
     try:
         result = work(exp, runtime)
         main = distributed.is_main()  # before the group is gone
+        distributed.barrier()  # no rank closes its connections while another still uses them
     except ValueError as e:
         if command is None:
             raise
