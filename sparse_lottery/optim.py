@@ -284,29 +284,25 @@ class AdamW(_MaskedOptimizer):
                 state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
                 for key in ("exp_avg", "exp_avg_sq"):
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if not live:
+            return
         steps = [state["step"] for state in states]
-        if steps:
-            torch._foreach_add_(steps, 1)  # one call for every counter
-        calls = defaultdict(lambda: ([], [], [], [], []))  # (device, step) -> lists
-        for p, state, step in zip(live, states, steps):
-            lists = calls[p.device, int(step.item())]
-            for items, value in zip(
-                lists, (p, _grad(p), state["exp_avg"], state["exp_avg_sq"], mask_of(p))
-            ):
-                items.append(value)
+        torch._foreach_add_(steps, 1)  # one call for every counter
+        calls: dict[tuple, list[int]] = {}  # (device, step) -> indices into live
+        for i, (p, step) in enumerate(zip(live, steps)):
+            calls.setdefault((p.device, int(step.item())), []).append(i)
         beta1, beta2 = group["betas"]
-        for (_, step), (params, grads, exp_avgs, exp_avg_sqs, masks) in calls.items():
+        hyper = (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                 float(group["weight_decay"]))  # fmt: skip
+        for (_, step), index in calls.items():
+            params = [live[i] for i in index]
             _ops.masked_adamw_(
                 params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                masks,
-                float(group["lr"]),
-                float(beta1),
-                float(beta2),
-                float(group["eps"]),
-                float(group["weight_decay"]),
+                [_grad(p) for p in params],
+                [states[i]["exp_avg"] for i in index],
+                [states[i]["exp_avg_sq"] for i in index],
+                [mask_of(p) for p in params],
+                *hyper,
                 step,
                 bool(group["maximize"]),
             )

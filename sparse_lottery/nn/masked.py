@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import ops
 from .._mask_format import count_kept
@@ -30,9 +29,11 @@ from .._sparse_checks import conv2d_output_size
 
 MASK_BUFFER = "weight_mask_packed"
 
-# weight Parameter -> weakref of the masked layer that owns it (by identity: tensors compare
-# element-wise). Neither side is kept alive by the registry.
-_OWNERS = WeakIdKeyDictionary()
+# id of a weight Parameter -> (weak reference to it, weak reference to the masked layer that owns
+# it); an entry leaves when its weight is freed, and neither side is kept alive. A plain dict
+# keyed by id (tensors compare element-wise): the masked optimisers read it for every parameter
+# at every step (0.3 µs a lookup against 4 µs through torch's WeakIdKeyDictionary).
+_OWNERS: dict[int, tuple] = {}
 # id of a packed mask -> (weak reference to it, its version counter when counted, whether it
 # keeps every weight); an entry leaves when its mask is freed. A plain dict: `forward` reads it.
 _FULL: dict[int, tuple] = {}
@@ -70,8 +71,8 @@ def mask_of(param: torch.Tensor) -> torch.Tensor | None:
         >>> sparse_lottery.nn.mask_of(layer.weight).shape, sparse_lottery.nn.mask_of(layer.bias)
         (torch.Size([3, 2]), None)
     """
-    ref = _OWNERS.get(param)
-    layer = ref() if ref is not None else None
+    entry = _OWNERS.get(id(param))
+    layer = entry[1]() if entry is not None and entry[0]() is param else None
     if layer is None or layer._parameters.get("weight") is not param:
         return None
     return layer._buffers.get(MASK_BUFFER)
@@ -97,7 +98,13 @@ class _MaskedMixin:
     def _register_owner(self) -> None:
         weight = self.__dict__.get("_parameters", {}).get("weight")
         if weight is not None:
-            _OWNERS[weight] = weakref.ref(self)
+            key = id(weight)
+            entry = _OWNERS.get(key)
+            if entry is None or entry[0]() is not weight:
+                ref = weakref.ref(weight, lambda _, key=key: _OWNERS.pop(key, None))
+                _OWNERS[key] = (ref, weakref.ref(self))
+            else:
+                _OWNERS[key] = (entry[0], weakref.ref(self))
 
     def __setattr__(self, name, value) -> None:
         super().__setattr__(name, value)
