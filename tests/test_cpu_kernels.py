@@ -41,6 +41,12 @@ LINEAR_SHAPES = [
     ((3,), 2051, 600),  # several panels in every dtype, K not a multiple of 8
     ((0,), 41, 9),  # empty batch
     ((2, 0), 7, 9),
+    # fp32 narrow layers (N <= 16, narrow_gemm.h): an output layer split over both threads,
+    # K with a remainder of 5 and of 7, N of one group (16 = 8 + 8) and of uneven groups (11)
+    ((100,), 500, 10),
+    ((300,), 613, 16),
+    ((7, 37), 1031, 11),
+    ((64,), 9, 1),
 ]
 
 
@@ -130,10 +136,10 @@ def _check_backward(g, x, w, m, mask, dtype, what):
             assert (pruned == 0).all() and not pruned.signbit().any(), f"backward {what}"
 
 
+@pytest.mark.parametrize("k,n,batch", [(341, 300, 13), (341, 10, 130)])  # BLAS; narrow (fp32)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_masked_linear_non_contiguous(dtype):
+def test_masked_linear_non_contiguous(dtype, k, n, batch):
     gen = _gen(1)
-    k, n, batch = 341, 300, 13
     x = torch.randn(k, batch, generator=gen).to(dtype).t()  # transposed
     x_sliced = torch.randn(batch, 2 * k, generator=gen).to(dtype)[:, ::2]  # stride 2
     w = (torch.randn(n, 2 * k, generator=gen) / k**0.5).to(dtype)[:, :k]  # row-sliced weight

@@ -6,6 +6,7 @@
 #include "../mask_format.h"
 #include "../sparse_lottery.h"
 #include "mask_simd.h"
+#include "narrow_gemm.h"
 #include "panels.h"
 
 namespace sparse_lottery {
@@ -45,6 +46,16 @@ at::Tensor masked_linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   }
   const at::Tensor w = weight.contiguous(), m = mask.contiguous();
   const cpu::MaskRef mref = cpu::mask_ref(m, K);
+  if (cpu::narrow::takes(weight.scalar_type(), N)) {  // an output layer: N dots per row
+    const at::Tensor buf = masked_into_scratch(w, mref);
+    const at::Tensor xr = cpu::row_major(x);
+    const at::Tensor b = bias.has_value() ? bias->detach().contiguous() : at::Tensor();
+    at::Tensor out = at::empty({M, N}, weight.options());
+    cpu::narrow::dots(xr.const_data_ptr<float>(), xr.stride(0), buf.const_data_ptr<float>(),
+                      b.defined() ? b.const_data_ptr<float>() : nullptr,
+                      out.mutable_data_ptr<float>(), N, M, N, K);
+    return out.view(out_sizes);
+  }
   const int64_t threads = cpu::panel_threads(M * N * K);
   const int64_t nb = cpu::panel_len(N, K * weight.element_size(), threads);
   if (nb >= N) {  // one panel: a single BLAS call that allocates and threads the product itself

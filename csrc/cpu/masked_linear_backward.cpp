@@ -16,6 +16,7 @@
 #include "../mask_format.h"
 #include "../sparse_lottery.h"
 #include "mask_simd.h"
+#include "narrow_gemm.h"
 #include "panels.h"
 
 namespace sparse_lottery {
@@ -59,7 +60,13 @@ struct GradInputPanels {
       }
     });
     at::Tensor o = n == K ? out : out.narrow(1, k0, n);
-    at::mm_out(o, g, buf);
+    if (cpu::narrow::takes(w.scalar_type(), N)) {
+      cpu::narrow::combine(g.const_data_ptr<float>(), g.stride(0), g.stride(1),
+                           buf.const_data_ptr<float>(), n, o.mutable_data_ptr<float>(), K,
+                           g.size(0), N, n);
+    } else {
+      at::mm_out(o, g, buf);
+    }
   }
 };
 
@@ -84,7 +91,13 @@ struct GradWeightPanels {
     const int64_t N = out.size(0), K = out.size(1);
     const int64_t n0 = panel * rows, n = std::min(rows, N - n0);
     at::Tensor o = n == N ? out : out.narrow(0, n0, n);
-    at::mm_out(o, (n == N ? g : g.narrow(1, n0, n)).t(), x);
+    if (cpu::narrow::takes(out.scalar_type(), N) && x.stride(1) == 1) {
+      cpu::narrow::combine(g.const_data_ptr<float>() + n0 * g.stride(1), g.stride(1),
+                           g.stride(0), x.const_data_ptr<float>(), x.stride(0),
+                           o.mutable_data_ptr<float>(), K, n, g.size(0), K);
+    } else {
+      at::mm_out(o, (n == N ? g : g.narrow(1, n0, n)).t(), x);
+    }
     cpu::dispatch_width(out.scalar_type(), "input", [&](auto tag) {
       using T = decltype(tag);
       T* op = static_cast<T*>(out.data_ptr());
