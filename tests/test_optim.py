@@ -304,12 +304,12 @@ def test_mask_of_follows_the_layer():
 SHAPES = [(13, 37), (5, 3, 3, 3), (7,), (), (0, 5), (3, 0), (1, 1000), (9, 41)]
 
 
-def _op_inputs(dtype, device, mask_kind, contiguous=True, seed=0):
+def _op_inputs(dtype, device, mask_kind, contiguous=True, seed=0, shapes=SHAPES):
     """Per shape: param, grad, two states and a mask of `mask_kind` ('none', 'bool', 'packed');
     non-contiguous tensors (transposed) when not `contiguous`."""
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for shape in SHAPES:
+    for shape in shapes:
 
         def rand(shape=shape):
             t = torch.randn(shape[::-1] if not contiguous else shape, generator=gen)
@@ -391,6 +391,34 @@ def test_kernel_matches_reference(op, make, kw, contiguous, mask_kind, dtype, de
             assert torch.equal(got[~keep], old[~keep]), f"{op} tensor {j}: pruned entries written"
         # survivors: the reference maths up to contraction of a·b + c into one rounding
         eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(got, want, rtol=8 * eps, atol=8 * eps, msg=f"{op} tensor {j}")
+
+
+@pytest.mark.parametrize("mask_kind", ["packed", "bool", "none"])
+@pytest.mark.parametrize("op, make, kw", [OP_CASES[0], OP_CASES[4]])
+def test_cpu_kernel_split_between_threads_mid_byte(op, make, kw, mask_kind):
+    """Two threads split the concatenated elements (ATen's OpenMP parallel_for: two tasks of
+    16 389 here): the second starts at column 44 of row 105 of the (211, 155) tensor, inside a
+    mask byte, so a task's first run is a partial byte."""
+    if _registry.selected_backend(op, "cpu") == "reference":
+        pytest.skip("no compiled CPU kernel")
+    shapes = [(7, 10), (211, 155), (3,)]  # 32 778 elements
+    inputs = _op_inputs(torch.float32, "cpu", mask_kind, shapes=shapes)
+    args = make(inputs, **kw)
+    expected, before = _clone_args(args), _clone_args(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        getattr(OPS, op)(*args)
+    finally:
+        torch.set_num_threads(threads)
+    getattr(reference, op)(*expected)
+    keeps = [keep for *_, keep in inputs]
+    for j, (got, want, old) in enumerate(zip(_mutated(args), _mutated(expected), _mutated(before))):
+        keep = keeps[j % len(inputs)]
+        if keep is not None:
+            assert torch.equal(got[~keep], old[~keep]), f"{op} tensor {j}: pruned entries written"
+        eps = torch.finfo(torch.float32).eps
         torch.testing.assert_close(got, want, rtol=8 * eps, atol=8 * eps, msg=f"{op} tensor {j}")
 
 

@@ -94,14 +94,18 @@ struct Jobs {
 
 // f(j, len, flags) for runs [j, j + len) of elements [lo, hi) of `job`, len ≤ 8, bit k of
 // flags = element j + k survives; runs without survivors are skipped. Runs of a packed mask
-// follow its bytes (and rows, which start on a byte).
+// follow its bytes (and rows, which start on a byte). Always inlined, with whole runs of a
+// constant 8: called out of line, `f`'s captures (the float hyperparameters among them) sit
+// behind a pointer that every float store may alias, and are reloaded for every run; that made
+// the MNIST-1D MLP's AdamW step (276k parameters, 2 threads) 180 µs against 110 without a mask
+// and 155 against 135 with one (density 0.55), torch's fused CPU AdamW taking ~90.
 template <typename F>
-inline void for_each_run(const Job& job, int64_t lo, int64_t hi, F&& f) {
+__attribute__((always_inline)) inline void for_each_run(const Job& job, int64_t lo, int64_t hi,
+                                                      F&& f) {
   if (!job.mask.defined()) {
-    for (int64_t j = lo; j < hi; j += 8) {
-      const int len = static_cast<int>(std::min<int64_t>(8, hi - j));
-      f(j, len, (1u << len) - 1u);
-    }
+    int64_t j = lo;
+    for (; j + 8 <= hi; j += 8) f(j, 8, 0xffu);
+    if (j < hi) f(j, static_cast<int>(hi - j), (1u << (hi - j)) - 1u);
     return;
   }
   const cpu::MaskRef& m = job.mref;
@@ -110,19 +114,32 @@ inline void for_each_run(const Job& job, int64_t lo, int64_t hi, F&& f) {
   while (lo < hi) {
     const int64_t n = std::min(cols - col, hi - lo);
     const uint8_t* r = m.data + row * m.row_stride;
-    for (int64_t c = col; c < col + n;) {
-      int len;
-      unsigned flags = 0;
-      if (m.packed) {
+    const int64_t end = col + n;
+    int64_t c = col;
+    if (m.packed) {  // a partial first byte, whole bytes (runs of a constant 8), a partial last
+      if (c & 7) {
         const int shift = static_cast<int>(c & 7);
-        len = static_cast<int>(std::min<int64_t>(8 - shift, col + n - c));
-        flags = (static_cast<unsigned>(r[c >> 3]) >> shift) & ((1u << len) - 1u);
-      } else {
-        len = static_cast<int>(std::min<int64_t>(8, col + n - c));
-        for (int k = 0; k < len; ++k) flags |= static_cast<unsigned>(r[c + k] != 0) << k;
+        const int len = static_cast<int>(std::min<int64_t>(8 - shift, end - c));
+        const unsigned flags = (static_cast<unsigned>(r[c >> 3]) >> shift) & ((1u << len) - 1u);
+        if (flags != 0) f(lo + (c - col), len, flags);
+        c += len;
       }
-      if (flags != 0) f(lo + (c - col), len, flags);
-      c += len;
+      for (; c + 8 <= end; c += 8) {
+        const unsigned flags = r[c >> 3];
+        if (flags != 0) f(lo + (c - col), 8, flags);
+      }
+      if (c < end) {
+        const int len = static_cast<int>(end - c);
+        const unsigned flags = static_cast<unsigned>(r[c >> 3]) & ((1u << len) - 1u);
+        if (flags != 0) f(lo + (c - col), len, flags);
+      }
+    } else {
+      for (; c < end; c += 8) {
+        const int len = static_cast<int>(std::min<int64_t>(8, end - c));
+        unsigned flags = 0;
+        for (int k = 0; k < len; ++k) flags |= static_cast<unsigned>(r[c + k] != 0) << k;
+        if (flags != 0) f(lo + (c - col), len, flags);
+      }
     }
     lo += n;
     ++row;
