@@ -427,33 +427,6 @@ def test_masked_conv_full_mask_shortcut_is_exact(shape, form):
         assert bool((got[1].view(-1)[-1] == 0) != keep_last)
 
 
-@pytest.mark.skipif(not sl.nn.masked._NARROW_KERNELS, reason="narrow CPU kernels: x86 build")
-def test_full_mask_narrow_float32_layers_run_the_masked_op(monkeypatch):
-    """With nothing pruned, a CPU float32 layer of at most 16 outputs still runs the masked op
-    (its narrow loops beat torch's linear); wider, float64 or 17-output layers run F.linear.
-    Every form gives F.linear's result and gradients."""
-    calls = []
-    masked_op = sl.nn.masked.ops.masked_linear
-    monkeypatch.setattr(
-        sl.nn.masked.ops, "masked_linear", lambda *a: calls.append(1) or masked_op(*a)
-    )
-    torch.manual_seed(0)
-    for out, dtype, masked in [(10, torch.float32, True), (16, torch.float32, True),
-                               (17, torch.float32, False), (10, torch.float64, False)]:  # fmt: skip
-        layer = MaskedLinear(37, out, dtype=dtype)
-        x = torch.randn(9, 37, dtype=dtype, requires_grad=True)
-        calls.clear()
-        y = layer(x)
-        assert bool(calls) == masked, (out, dtype)
-        gy = torch.randn_like(y)
-        got = torch.autograd.grad(y, [x, layer.weight, layer.bias], gy)
-        ref = nn.functional.linear(x, layer.weight, layer.bias)
-        want = torch.autograd.grad(ref, [x, layer.weight, layer.bias], gy)
-        torch.testing.assert_close(y, ref)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w)
-
-
 def test_masked_linear_full_mask_runs_torch_linear_until_the_mask_changes(monkeypatch):
     """A mask that keeps every weight runs torch's linear (no masking); any write to the mask
     (in place, set_mask, load_state_dict) brings the masked op back, and its gradients."""

@@ -16,7 +16,6 @@ Example:
 """
 
 import copy
-import platform
 import weakref
 from collections.abc import Sequence
 
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._extension import has_cpu_kernels
 from .._mask_format import count_kept
 from .._sparse_checks import conv2d_output_size
 
@@ -42,11 +40,6 @@ _FULL: dict[int, tuple] = {}
 # Output positions per image up to which a CPU 2-D masked convolution runs its im2col form
 # (kGemmPositions in csrc/cpu/conv_gemm.h).
 _IM2COL_POSITIONS = 4
-# Out-features up to which a CPU float32 masked linear runs the AVX2 loops of
-# csrc/cpu/narrow_gemm.h (kMaxNarrow; x86 builds): faster than torch's linear, whose BLAS packs
-# the input at every call, even with the mask applied (a 500→10 head: 19 vs 28-42 µs forward).
-_NARROW_OUT = 16
-_NARROW_KERNELS = has_cpu_kernels() and platform.machine().lower() in ("x86_64", "amd64")
 _is_compiling = torch.compiler.is_compiling
 
 
@@ -254,8 +247,7 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
 
     Same constructor as `nn.Linear`; the mask starts all ones. State-dict keys: `weight`,
     `bias`, `weight_mask_packed`. While the mask keeps every weight, `forward` is torch's
-    `F.linear` (the same product without the masking, e.g. an IMP run's dense level 0), except
-    for float32 CPU layers of at most 16 outputs, where the masked op's loops are faster.
+    `F.linear` (the same product without the masking, e.g. an IMP run's dense level 0).
 
     Example:
         >>> layer = sparse_lottery.nn.MaskedLinear(40, 10)
@@ -274,21 +266,9 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias, mask = self.weight, self.bias, self.weight_mask_packed
-        if _keeps_all(mask, weight.numel()) and not self._narrow_serves(input):
-            # nothing pruned: torch's own linear, the same product without the masking
-            return F.linear(input, weight, bias)
+        if _keeps_all(mask, weight.numel()):  # nothing pruned: torch's own linear, the same
+            return F.linear(input, weight, bias)  # product without the masking
         return ops.masked_linear(input, weight, mask, bias)
-
-    def _narrow_serves(self, input: torch.Tensor) -> bool:
-        """Whether the masked op takes its narrow form (at most `_NARROW_OUT` outputs, float32,
-        CPU), which beats torch's linear even with nothing pruned."""
-        weight = self.weight
-        return (
-            _NARROW_KERNELS
-            and weight.shape[0] <= _NARROW_OUT
-            and weight.dtype == input.dtype == torch.float32
-            and weight.device.type == "cpu"
-        )
 
 
 class _MaskedConvNd(_MaskedMixin):
