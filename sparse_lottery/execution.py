@@ -5,13 +5,14 @@
 (`SparseLinear`, `SparseConv2d`: stored weights only, so products, gradients and optimiser
 state cost the survivors), and "auto" picks per layer from a measured crossover: one training
 step (forward, the gradients training needs — the input's too, except for the first layer of
-an `example` that requires none — and a plain SGD update of the stored parameters) of each
-form, timed on the layer's device, dtype and input shape, the sparse form kept only where it is
+an `example` that requires none — and the masked optimiser's update of the stored parameters:
+SGD with momentum, or AdamW with `optimizer="adamw"`) of each form, timed on the layer's
+device, dtype and input shape, the sparse form kept only where it is
 faster (so auto is never slower than dense beyond timing noise). Every pruned layer is
 measured, nearly dense ones too (where the dense kernel is inefficient the sparse form can win
 at a high density); a layer that keeps every weight stays dense (torch's own kernel).
-Measurements are kept per (layer type, device, dtype, shape, input shape, input gradient): see
-`choose`.
+Measurements are kept per (layer type, device, dtype, shape, input shape, input gradient,
+optimiser): see `choose`.
 
 Conversion replaces modules, so call it where masks are fixed for a while, before building the
 optimiser (at the start of an IMP level), and convert back with "dense" before pruning.
@@ -34,11 +35,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from . import ops  # noqa: F401  (registers the optimiser kernels)
 from .model import _replace_modules
-from .nn.masked import MaskedLinear
+from .nn.masked import MaskedLinear, mask_of
 from .nn.sparse import SPARSE_TYPES, _SparseWeight
 
 MODES = ("auto", "dense", "sparse")
+OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_BATCH = 256
 _decisions: dict[tuple, dict] = {}  # layer configuration -> what its measurements showed
 
@@ -48,6 +51,7 @@ def set_execution(
     mode: str | Mapping[str, str] = "auto",
     batch: int = DEFAULT_BATCH,
     example: torch.Tensor | None = None,
+    optimizer: str = "sgd",
 ) -> dict:
     """Convert the model's masked linear and 2-D convolution layers to the execution `mode`
     ("auto", "dense" or "sparse"), in place; returns {layer name: "dense" or "sparse"}.
@@ -62,6 +66,8 @@ def set_execution(
             shape it receives from it (one forward pass in eval mode), the first layer with
             an input gradient only if `example` requires grad. Convolutions need it (their
             input size is otherwise unknown): without it they stay dense in "auto".
+        optimizer: "sgd" or "adamw", the masked optimiser that "auto" times each form's update
+            with (AdamW's update costs more per stored weight, which favours the sparse form).
 
     Layers without a sparse form (grouped or non-zero-padded convolutions) stay dense.
     """
@@ -74,6 +80,8 @@ def set_execution(
         raise ValueError(f"mode: expected one of {list(MODES)} or a plan dict, got {mode!r}")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch: expected a positive int, got {batch!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {list(OPTIMIZERS)}, got {optimizer!r}")
     shapes = _input_shapes(model, example) if mode == "auto" and example is not None else {}
     chosen: dict[str, str] = {}
 
@@ -94,7 +102,7 @@ def set_execution(
                 (batch, masked.in_features) if isinstance(masked, MaskedLinear) else None,
                 True,
             )
-            want = choose(masked, shape, input_grad) if shape is not None else "dense"
+            want = choose(masked, shape, input_grad, optimizer) if shape is not None else "dense"
         else:
             want = mode
         chosen[name] = want
@@ -138,13 +146,16 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tu
     return shapes
 
 
+_OPS = torch.ops.sparse_lottery  # the masked optimisers' kernels, for the timed steps
 SPARSE_MARGIN = 0.9  # the sparse form must be at least 10% faster to be chosen
 GIVE_UP = 1.5  # a sparse warm-up step this much slower than dense ends the measurement
 
 
-def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = True) -> str:
+def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = True,
+           optimizer: str = "sgd") -> str:  # fmt: skip
     """ "dense" or "sparse": the faster training step of the masked `layer` for inputs of
-    `input_shape`, with the input's gradient when `input_grad` (see the module doc). The two
+    `input_shape`, with the input's gradient when `input_grad` and the update of the masked
+    `optimizer` ("sgd" or "adamw"; see the module doc). The two
     forms are timed alternately (`_step_times`); the sparse form must beat dense by
     `SPARSE_MARGIN` (a near tie stays dense: switching must pay beyond timing noise), and the
     measurement stops after the warm-up when sparse is `GIVE_UP` times slower than dense (the
@@ -165,7 +176,7 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
         return "dense"
     weight = layer.weight
     config = (type(layer), weight.device.type, weight.dtype, tuple(weight.shape),
-              tuple(input_shape), input_grad)  # fmt: skip
+              tuple(input_shape), input_grad, optimizer)  # fmt: skip
     density = round(exact, 3)
     known = _decisions.setdefault(
         config, {"won": -1.0, "lost": 2.0, "dense": None, "lost_time": 0.0}
@@ -181,7 +192,7 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
         return "dense"  # cannot win yet (see the bound above)
     x = torch.full(input_shape, 0.5, device=weight.device, dtype=weight.dtype)
     sparse = SPARSE_TYPES[type(layer)].from_masked(layer)
-    t_dense, t_sparse = _step_times(layer, sparse, x, input_grad)
+    t_dense, t_sparse = _step_times(layer, sparse, x, input_grad, optimizer=optimizer)
     known["dense"] = t_dense
     if t_sparse < SPARSE_MARGIN * t_dense:
         known["won"] = max(known["won"], density)
@@ -192,14 +203,15 @@ def choose(layer: nn.Module, input_shape: tuple[int, ...], input_grad: bool = Tr
 
 
 def _step_times(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, input_grad: bool = True,
-                reps: int = 3, min_seconds: float = 0.02) -> tuple[float, float]:  # fmt: skip
+                optimizer: str = "sgd", reps: int = 3,
+                min_seconds: float = 0.02) -> tuple[float, float]:  # fmt: skip
     """Best training-step times (dense form, sparse form) on input `x`, the two timed
     alternately so that a drift of the machine's speed (seconds long on a shared machine) hits
     both: after one warm-up step each, pairs of steps until at least `reps` pairs and
     `min_seconds` of them (a small layer's single steps are noisy), at most 50. When the sparse
     warm-up is `GIVE_UP` times the dense one, one more step each and the better of the two
     (a warm-up may carry one-time costs, and `choose` bounds later densities by this time)."""
-    steps = [_timed_step(dense, x, input_grad), _timed_step(sparse, x, input_grad)]
+    steps = [_timed_step(m, x, input_grad, optimizer) for m in (dense, sparse)]
     times: list[list[float]] = [[step()] for step in steps]  # warm-ups
     if times[1][0] > GIVE_UP * times[0][0]:
         for t, step in zip(times, steps):
@@ -229,17 +241,27 @@ class _Seed(torch.autograd.Function):
         return ctx.grad, None
 
 
-def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool):
+def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool, optimizer: str = "sgd"):
     """A function timing one training step of `layer`: forward + backward (parameter
-    gradients, and the input's when `input_grad`) + the cheapest optimiser update (p - lr·g
-    over the stored parameters, out of place: the real optimisers cost more per parameter, so
-    this favours neither form); it returns seconds."""
+    gradients, and the input's when `input_grad`) + the masked `optimizer`'s update (the
+    kernel `sparse_lottery.optim` runs: SGD with momentum, or AdamW) of the stored parameters,
+    masked like the layer's weight. The update writes copies, so the layer does not change;
+    it returns seconds."""
     x = x.detach().requires_grad_(input_grad)
     params = [p for p in layer.parameters() if p.requires_grad]
     wrt = [x, *params] if input_grad else params
-    stored = [p.detach() for p in params]
+    masks = [mask_of(p) for p in params]  # the dense form's weight: its mask; the rest: none
+    stored = [p.detach().clone() for p in params]
+    copies = 2 if optimizer == "adamw" else 1  # exp_avg and exp_avg_sq, or the momentum
+    states = [[torch.zeros_like(p) for p in stored] for _ in range(copies)]
     out = layer(x)
     grad = torch.full_like(out, 0.01)  # values do not change the time; randn would cost more
+
+    def update(grads) -> None:  # lr 1e-3, momentum / beta1 0.9, no weight decay
+        if optimizer == "adamw":
+            _OPS.masked_adamw_(stored, grads, *states, masks, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, False)
+        else:
+            _OPS.masked_sgd_(stored, grads, *states, masks, 1e-3, 0.9, 0, 0, False, False, False)
 
     def timed() -> float:
         if x.is_cuda:
@@ -247,7 +269,7 @@ def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool):
         start = time.perf_counter()
         grads = torch.autograd.grad(_Seed.apply(layer(x), grad), wrt)
         with torch.no_grad():
-            torch._foreach_add(stored, grads[len(wrt) - len(params) :], alpha=-1e-3)
+            update(list(grads[len(wrt) - len(params) :]))
         if x.is_cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -255,4 +277,4 @@ def _timed_step(layer: nn.Module, x: torch.Tensor, input_grad: bool):
     return timed
 
 
-__all__ = ["set_execution", "choose", "MODES"]
+__all__ = ["set_execution", "choose", "MODES", "OPTIMIZERS"]

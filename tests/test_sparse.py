@@ -5,6 +5,7 @@ import copy
 import pickle
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -454,9 +455,42 @@ def test_step_times_alternate_and_give_up_after_a_slow_warm_up(monkeypatch):
     assert calls == ["dense", "sparse"] * 3  # probes, warm-ups and one more step each
 
 
+@pytest.mark.parametrize("optimizer, kernel", [("sgd", "masked_sgd_"), ("adamw", "masked_adamw_")])
+def test_timed_step_runs_the_masked_optimizer_on_copies(monkeypatch, optimizer, kernel):
+    """Each form's timed step ends with `optimizer`'s masked kernel over copies of the stored
+    parameters, masked like the layer's weight (the sparse form's values: no mask); the layer
+    itself does not change. `choose` keeps decisions per optimiser."""
+    from sparse_lottery import execution
+
+    calls = []
+    real = getattr(torch.ops.sparse_lottery, kernel)
+    ops = types.SimpleNamespace(**{kernel: lambda *a: calls.append(a) or real(*a)})
+    monkeypatch.setattr(execution, "_OPS", ops)
+    layer = sl.nn.MaskedLinear(16, 8)
+    layer.set_mask(torch.rand(8, 16) < 0.3)
+    sparse = sl.nn.SparseLinear.from_masked(layer)
+    before = [p.detach().clone() for p in (*layer.parameters(), *sparse.parameters())]
+    execution._step_times(layer, sparse, torch.randn(4, 16), True, optimizer=optimizer, reps=1)
+    monkeypatch.undo()
+    assert len(calls) >= 4  # warm-up and a pair at least, both forms
+    masks = [args[4 if optimizer == "adamw" else 3] for args in calls]
+    assert any(m[0] is layer.weight_mask_packed for m in masks)  # the dense form's weight
+    assert any(m == [None, None] for m in masks)  # the sparse form's values and bias
+    after = [*layer.parameters(), *sparse.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    execution._decisions.clear()
+    monkeypatch.setattr(execution, "_step_times", lambda *a, **kw: (1.0, 0.5))
+    assert execution.choose(layer, (4, 16), True, "sgd") == "sparse"
+    monkeypatch.setattr(execution, "_step_times", lambda *a, **kw: (1.0, 2.0))
+    assert execution.choose(layer, (4, 16), True, "adamw") == "dense"  # measured, not reused
+    execution._decisions.clear()
+
+
 def test_set_execution_errors():
     with pytest.raises(ValueError, match="mode: expected one of"):
         sl.set_execution(_model(), "fast")
+    with pytest.raises(ValueError, match="optimizer: expected one of"):
+        sl.set_execution(_model(), "auto", optimizer="adam")
     with pytest.raises(ValueError, match="batch: expected a positive int"):
         sl.set_execution(_model(), "auto", batch=0)
 

@@ -189,7 +189,12 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
         plan = None
         if main:
             x0, _ = data.minibatch(seg.start, seg.seeds, device)
-            plan = set_execution(model, runtime.execution, example=_formatted(x0, memory_format))
+            plan = set_execution(
+                model,
+                runtime.execution,
+                example=_formatted(x0, memory_format),
+                optimizer="sgd" if exp.training.optimizer == "sgd" else "adamw",
+            )
         plan = distributed.from_main(plan)
         set_execution(model, plan)
         if main:
