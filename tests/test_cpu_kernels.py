@@ -42,7 +42,7 @@ LINEAR_SHAPES = [
     ((0,), 41, 9),  # empty batch
     ((2, 0), 7, 9),
     # fp32 narrow layers (N <= 16, narrow_gemm.h): an output layer split over both threads,
-    # K with a remainder of 5 and of 7, N of one group (16 = 8 + 8) and of uneven groups (11)
+    # K with a remainder of 5 and of 7, N in groups of at most 6 (16 = 6 + 6 + 4, 11 = 6 + 5)
     ((100,), 500, 10),
     ((300,), 613, 16),
     ((7, 37), 1031, 11),

@@ -378,10 +378,20 @@ def _mutated(args):
 def test_kernel_matches_reference(op, make, kw, contiguous, mask_kind, dtype, device):
     if _registry.selected_backend(op, device) == "reference":
         pytest.skip("no compiled kernel for this device: the reference itself serves the op")
-    inputs = _op_inputs(dtype, device, mask_kind, contiguous)
+    _check_kernel(op, make, kw, _op_inputs(dtype, device, mask_kind, contiguous), dtype)
+
+
+def _check_kernel(op, make, kw, inputs, dtype, threads=None):
+    """Runs `op` (on `threads` intra-op threads, if given) and the reference on copies of the
+    same arguments: pruned entries keep their old bits, survivors match the reference."""
     args = make(inputs, **kw)
     before, expected = _clone_args(args), _clone_args(args)
-    getattr(OPS, op)(*args)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        getattr(OPS, op)(*args)
+    finally:
+        torch.set_num_threads(previous)
     getattr(reference, op)(*expected)
     keeps = [keep for *_, keep in inputs]
     n = len(inputs)
@@ -404,22 +414,7 @@ def test_cpu_kernel_split_between_threads_mid_byte(op, make, kw, mask_kind):
         pytest.skip("no compiled CPU kernel")
     shapes = [(7, 10), (211, 155), (3,)]  # 32 778 elements
     inputs = _op_inputs(torch.float32, "cpu", mask_kind, shapes=shapes)
-    args = make(inputs, **kw)
-    expected, before = _clone_args(args), _clone_args(args)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        getattr(OPS, op)(*args)
-    finally:
-        torch.set_num_threads(threads)
-    getattr(reference, op)(*expected)
-    keeps = [keep for *_, keep in inputs]
-    for j, (got, want, old) in enumerate(zip(_mutated(args), _mutated(expected), _mutated(before))):
-        keep = keeps[j % len(inputs)]
-        if keep is not None:
-            assert torch.equal(got[~keep], old[~keep]), f"{op} tensor {j}: pruned entries written"
-        eps = torch.finfo(torch.float32).eps
-        torch.testing.assert_close(got, want, rtol=8 * eps, atol=8 * eps, msg=f"{op} tensor {j}")
+    _check_kernel(op, make, kw, inputs, torch.float32, threads=2)
 
 
 def test_kernel_is_bit_exact_where_the_math_allows():

@@ -1,7 +1,8 @@
 // Float32 products with one narrow side (at most kMaxNarrow rows: a classifier's output layer,
 // 500→10), AVX2 (internal to csrc/cpu/). MKL packs the wide operand for every call, which costs
-// more than the product there: 100×500 @ 500×10 takes 20-65 µs on the 2-core machine against
-// 0.5M multiply-adds (~7 µs in these loops). Both forms read their operands in place:
+// more than the product there: on the 2-core machine at batch 100, the masked 500→10 layer's
+// forward took 52.6 µs through MKL and takes 19.4 µs here, its backward 55.8 and 33.5 µs (the
+// op's calls, masking included). Both forms read their operands in place:
 //   dots     out (M, N) = x (M, K) · wᵀ (+ bias), w (N, K): N dot products per row of x
 //   combine  out (I, K) = C (I, J) · R (J, K):               rows of out as sums of rows of R
 // Each takes up to kGroup rows of its narrow side at a time, the remainder of K through masked

@@ -43,6 +43,14 @@ _IM2COL_POSITIONS = 4
 _is_compiling = torch.compiler.is_compiling
 
 
+def _tracked(table: dict, obj) -> weakref.ref:
+    """A weak reference to `obj` that removes `table[id(obj)]` when `obj` is freed (the entries
+    of `_OWNERS` and `_FULL`; an entry replaced meanwhile drops its reference, and its callback
+    with it)."""
+    key = id(obj)
+    return weakref.ref(obj, lambda _, key=key: table.pop(key, None))
+
+
 def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
     """Whether the packed `mask` keeps all `numel` weights: counted once per mask tensor and
     version (every in-place write, `set_mask`, `load_state_dict` and DDP's broadcast included,
@@ -57,8 +65,7 @@ def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
         return entry[2]
     if type(mask) is not torch.Tensor or mask.is_inference() or mask.is_meta:
         return False
-    ref = weakref.ref(mask, lambda _, key=key: _FULL.pop(key, None))
-    entry = _FULL[key] = (ref, mask._version, count_kept(mask) == numel)
+    entry = _FULL[key] = (_tracked(_FULL, mask), mask._version, count_kept(mask) == numel)
     return entry[2]
 
 
@@ -98,13 +105,7 @@ class _MaskedMixin:
     def _register_owner(self) -> None:
         weight = self.__dict__.get("_parameters", {}).get("weight")
         if weight is not None:
-            key = id(weight)
-            entry = _OWNERS.get(key)
-            if entry is None or entry[0]() is not weight:
-                ref = weakref.ref(weight, lambda _, key=key: _OWNERS.pop(key, None))
-                _OWNERS[key] = (ref, weakref.ref(self))
-            else:
-                _OWNERS[key] = (entry[0], weakref.ref(self))
+            _OWNERS[id(weight)] = (_tracked(_OWNERS, weight), weakref.ref(self))
 
     def __setattr__(self, name, value) -> None:
         super().__setattr__(name, value)
