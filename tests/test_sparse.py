@@ -19,8 +19,10 @@ OPS = torch.ops.sparse_lottery
 ALL_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # (batch shape, in_features K, out_features N, density): odd sizes, empty batches and layers,
-# fully pruned and dense layers, K, N past one column block of the CPU kernels (1024), and
-# batches the CPU SpMM splits into strips (105: two of 7 vectors; 300: 13, 13 and 12).
+# fully pruned and dense layers, wide and tall layers, batches the CPU SpMM splits into strips
+# (105: two of 7 vectors; 300: 13, 13 and 12), and products the CPU kernels take in column
+# blocks (sparse_kernels.h's column_block: batch 100 -> blocks of 64, batch 300 -> 64 for the
+# SpMM and 21 for the SDDMM, whose groups of 8 then reach across blocks).
 CASES = [
     ((9,), 41, 33, 0.3),
     ((105,), 23, 19, 0.4),
@@ -33,6 +35,8 @@ CASES = [
     ((37,), 2500, 40, 0.02),
     ((13,), 30, 2100, 0.05),
     ((3, 7), 1100, 1030, 0.01),
+    ((100,), 200, 70, 0.5),
+    ((300,), 150, 40, 0.6),
 ]
 
 
@@ -78,6 +82,37 @@ def test_forward_and_backward_match_reference(case, dtype, device):
     )
     assert grad_values is None and grad_bias is None
     torch.testing.assert_close(grad_input, got[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_indices_in_any_order_within_rows_and_columns(device):
+    """The kernels take a layout whose rows (CSR) and columns (CSC) list their entries in any
+    order, in column blocks too (batch 100, K = 200: blocks of 64)."""
+    layout, values, x, bias, grad = _problem((100,), 200, 70, 0.5, torch.float32, device)
+    g = torch.Generator().manual_seed(1)
+
+    def shuffled_within(offsets):  # a permutation of the entries that keeps each run's entries
+        perm = torch.arange(int(offsets[-1]))
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            perm[a:b] = a + torch.randperm(b - a, generator=g)
+        return perm.to(device)
+
+    csr = shuffled_within(layout.row_offsets.cpu())
+    csc = shuffled_within(layout.col_offsets.cpu())
+    moved = torch.empty_like(csr)
+    moved[csr] = torch.arange(csr.numel(), device=device, dtype=csr.dtype)
+    shuffled = SparseLayout(layout.row_offsets, layout.col_indices[csr], layout.col_offsets,
+                            layout.row_indices[csc],
+                            moved[layout.csr_positions.long()[csc]].to(torch.int32))  # fmt: skip
+    assert not torch.equal(shuffled.col_indices, layout.col_indices)
+    v = values[csr]
+    y = OPS.sparse_linear(x, v, *shuffled, bias)
+    torch.testing.assert_close(y, reference.sparse_linear(x, v, *shuffled, bias))
+    torch.testing.assert_close(y, OPS.sparse_linear(x, values, *layout, bias))
+    got = OPS.sparse_linear_backward(grad, x, v, *shuffled, [True, True, True])
+    ref = reference.sparse_linear_backward(grad, x, v, *shuffled, [True, True, True])
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)

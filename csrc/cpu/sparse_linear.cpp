@@ -21,9 +21,11 @@ namespace {
 
 namespace sp = cpu::sparse;
 
-constexpr int64_t kRowsPerItem = 16;  // rows of W (or Wᵀ) per work item
+// Rows of W (or Wᵀ) per work item: up to sp::kRowsPerItem (an L1 block of the panel serves more
+// rows), but at least 4 items to share between the threads, of at least 16 rows.
+int64_t item_rows(int64_t rows) { return std::clamp<int64_t>(rows / 4, 16, sp::kRowsPerItem); }
 
-int64_t items(int64_t rows) { return (rows + kRowsPerItem - 1) / kRowsPerItem; }
+int64_t items(int64_t rows) { return (rows + item_rows(rows) - 1) / item_rows(rows); }
 
 // Threads for one call of `work` multiply-adds plus transposed elements: below kSmallWork one,
 // as a parallel region per step costs more than it saves there (2-core machine, batch 100:
@@ -80,21 +82,23 @@ at::Tensor unpanel(const A* p, int64_t R, int64_t Bp, int64_t batch,
   return out;
 }
 
-// out (rows × Bp) = bias + the sparse rows (offsets, idx, values) times the panel `dense`,
-// strip-major: all rows of one strip of the batch before the next, so that the threads share
-// the strip of `dense` being read (· × strip_width).
+// out (rows × Bp) = bias + the sparse rows (offsets, idx, values) times the panel `dense`
+// (dense_rows × Bp), strip-major: all rows of one strip of the batch before the next, so that
+// the threads share the strip of `dense` being read (· × strip_width).
 template <class T, class A>
 void spmm(const at::Tensor& offsets, const at::Tensor& idx, const at::Tensor& values,
-          const T* bias, const A* dense, int64_t Bp, A* out, int threads) {
+          const T* bias, const A* dense, int64_t dense_rows, int64_t Bp, A* out, int threads) {
   const int64_t rows = offsets.numel() - 1, row_items = items(rows);
   const int64_t width = sp::strip_width<A>(Bp), strips = (Bp + width - 1) / width;
   const int64_t* off = offsets.const_data_ptr<int64_t>();
   const int32_t* id = idx.const_data_ptr<int32_t>();
   const T* v = values.const_data_ptr<T>();
+  const int64_t block = sp::column_block(idx.numel(), rows, dense_rows, width * sizeof(A));
+  const int64_t per_item = item_rows(rows);
   cpu::dynamic_for(threads, row_items * strips, [&](int64_t i) {
-    const int64_t r0 = i % row_items * kRowsPerItem, c0 = i / row_items * width;
-    sp::spmm_rows<A, T>(off, id, v, bias, dense, Bp, out, r0, std::min(rows, r0 + kRowsPerItem),
-                        c0, std::min(Bp, c0 + width));
+    const int64_t r0 = i % row_items * per_item, c0 = i / row_items * width;
+    sp::spmm_rows<A, T>(off, id, v, bias, dense, Bp, out, r0, std::min(rows, r0 + per_item), c0,
+                        std::min(Bp, c0 + width), dense_rows, block);
   });
 }
 
@@ -129,7 +133,7 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
     at::Tensor keep;
     const auto p = panels<A>({K, N}, Bp, values, keep);  // xᵀ, yᵀ
     panel_of<T, A>(x, p[0], Bp, threads);
-    spmm<T, A>(row_offsets, col_indices, values, bias_ptr, p[0], Bp, p[1], threads);
+    spmm<T, A>(row_offsets, col_indices, values, bias_ptr, p[0], K, Bp, p[1], threads);
     y = unpanel<A, T>(p[1], N, Bp, batch, values.options(), threads);
   });
   return y.view(with_last(input.sizes(), N));
@@ -160,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
     if (output_mask[0]) {
       // The values in CSC order first: one gather, then every strip reads them in sequence.
       const at::Tensor csc_values = values.index_select(0, csr_positions);
-      spmm<T, A>(col_offsets, row_indices, csc_values, nullptr, p[0], Bp, p[1], threads);
+      spmm<T, A>(col_offsets, row_indices, csc_values, nullptr, p[0], N, Bp, p[1], threads);
       grad_input = unpanel<A, T>(p[1], K, Bp, batch, values.options(), threads)
                        .view(with_last(grad_output.sizes(), K));
     }
@@ -170,9 +174,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
       const int64_t* off = row_offsets.const_data_ptr<int64_t>();
       const int32_t* cols = col_indices.const_data_ptr<int32_t>();
       T* out = grad_values.mutable_data_ptr<T>();
+      const int64_t block = sp::column_block(values.numel(), N, K, Bp * sizeof(A));
+      const int64_t per_item = item_rows(N);
       cpu::dynamic_for(threads, items(N), [&](int64_t i) {
-        const int64_t n0 = i * kRowsPerItem;
-        sp::sddmm_rows<A, T>(off, cols, p[0], p[2], Bp, out, n0, std::min(N, n0 + kRowsPerItem));
+        const int64_t n0 = i * per_item;
+        sp::sddmm_rows<A, T>(off, cols, p[0], p[2], Bp, out, n0, std::min(N, n0 + per_item), K,
+                             block);
       });
     }
   });
