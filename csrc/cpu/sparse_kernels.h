@@ -287,7 +287,7 @@ void sddmm_rows(const int64_t* offsets, const int32_t* idx, const A* dyT, const 
         hsum8<A>(acc, sums);
         for (int u = 0; u < G; ++u) grad_values[j + u] = static_cast<T>(sums[u]);
       }
-      if (j + G > j1 && j < j1 && idx[j] < end) {
+      if (j < j1 && idx[j] < end) {  // fewer than G left (the loop stopped inside the block)
         for (; j < j1; ++j) {
           const A* x = xT + idx[j] * Bp;
           vec_t<A> acc{};

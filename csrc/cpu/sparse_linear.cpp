@@ -25,7 +25,7 @@ namespace sp = cpu::sparse;
 // rows), but at least 4 items to share between the threads, of at least 16 rows.
 int64_t item_rows(int64_t rows) { return std::clamp<int64_t>(rows / 4, 16, sp::kRowsPerItem); }
 
-int64_t items(int64_t rows) { return (rows + item_rows(rows) - 1) / item_rows(rows); }
+int64_t items(int64_t rows, int64_t per_item) { return (rows + per_item - 1) / per_item; }
 
 // Threads for one call of `work` multiply-adds plus transposed elements: below kSmallWork one,
 // as a parallel region per step costs more than it saves there (2-core machine, batch 100:
@@ -88,13 +88,13 @@ at::Tensor unpanel(const A* p, int64_t R, int64_t Bp, int64_t batch,
 template <class T, class A>
 void spmm(const at::Tensor& offsets, const at::Tensor& idx, const at::Tensor& values,
           const T* bias, const A* dense, int64_t dense_rows, int64_t Bp, A* out, int threads) {
-  const int64_t rows = offsets.numel() - 1, row_items = items(rows);
+  const int64_t rows = offsets.numel() - 1, per_item = item_rows(rows);
+  const int64_t row_items = items(rows, per_item);
   const int64_t width = sp::strip_width<A>(Bp), strips = (Bp + width - 1) / width;
   const int64_t* off = offsets.const_data_ptr<int64_t>();
   const int32_t* id = idx.const_data_ptr<int32_t>();
   const T* v = values.const_data_ptr<T>();
   const int64_t block = sp::column_block(idx.numel(), rows, dense_rows, width * sizeof(A));
-  const int64_t per_item = item_rows(rows);
   cpu::dynamic_for(threads, row_items * strips, [&](int64_t i) {
     const int64_t r0 = i % row_items * per_item, c0 = i / row_items * width;
     sp::spmm_rows<A, T>(off, id, v, bias, dense, Bp, out, r0, std::min(rows, r0 + per_item), c0,
@@ -176,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_linear_backward_cpu(
       T* out = grad_values.mutable_data_ptr<T>();
       const int64_t block = sp::column_block(values.numel(), N, K, Bp * sizeof(A));
       const int64_t per_item = item_rows(N);
-      cpu::dynamic_for(threads, items(N), [&](int64_t i) {
+      cpu::dynamic_for(threads, items(N, per_item), [&](int64_t i) {
         const int64_t n0 = i * per_item;
         sp::sddmm_rows<A, T>(off, cols, p[0], p[2], Bp, out, n0, std::min(N, n0 + per_item), K,
                              block);
