@@ -1,16 +1,19 @@
 // Registers the C++ kernels as the CPU and CUDA implementations of the torch.ops.sparse_lottery
-// ops, and the autograd of masked_linear, the masked convolutions and the sparse ops, directly
-// with the dispatcher: no Python on the call path.
+// ops, the autograd of masked_linear, the masked convolutions and the sparse ops, and the version
+// counting of the in-place ops, directly with the dispatcher: no Python on the call path.
 // The schemas are defined once, in sparse_lottery/_library.py, which runs before this library
 // is loaded; sparse_lottery/ops.py registers the fake kernels (and the Python autograd used
-// only when this extension is absent).
+// only when this extension is absent), sparse_lottery/_double_backward.py the autograd of the
+// gradient ops and of apply_mask.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <array>
 #include <optional>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "masked_optim.h"
 #include "sparse_lottery.h"
@@ -264,6 +267,59 @@ at::Tensor sparse_conv2d_autograd(const at::Tensor& input, const at::Tensor& val
                              csr_positions, bias, kernel_size, stride, padding, dilation);
 }
 
+// ------------------------------------------------------------------ the in-place ops
+// apply_masks_, masked_sgd_ and masked_adamw_ write into tensors of their list arguments, and
+// behave as torch's in-place ops do: every tensor they write gets its version counter bumped
+// (autograd then refuses a backward that needs a value they changed, and caches keyed on the
+// version see the change), and, not being differentiable, they refuse a tensor that requires
+// grad while grad mode is on (instead of changing it behind autograd's back).
+
+// f(argument name, index in its list, tensor) for every defined tensor the op writes; the
+// arguments are the last schema().arguments().size() entries of the stack.
+template <class F>
+void for_each_written(const c10::OperatorHandle& op, const torch::jit::Stack& stack, F&& f) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack.size() - args.size();
+  for (size_t a = 0; a < args.size(); ++a) {
+    const c10::AliasInfo* alias = args[a].alias_info();
+    if (alias == nullptr || !alias->isWrite()) continue;
+    const c10::IValue& value = stack[first + a];
+    if (value.isTensor()) {
+      if (value.toTensor().defined()) f(args[a].name(), 0, value.toTensor());
+    } else if (value.isTensorList()) {
+      const c10::List<at::Tensor> list = value.toTensorList();
+      for (size_t i = 0; i < list.size(); ++i) {
+        const at::Tensor t = list.get(i);
+        if (t.defined()) f(args[a].name(), i, t);
+      }
+    }
+  }
+}
+
+// Autograd key: refuse written tensors that require grad while grad mode is on.
+void refuse_grad(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  if (at::GradMode::is_enabled()) {
+    for_each_written(op, *stack, [&](const std::string& name, size_t i, const at::Tensor& t) {
+      TORCH_CHECK(!t.requires_grad(), op.schema().name(), ": ", name, "[", i,
+                  "] requires grad, and the op writes it in place without being differentiable;"
+                  " call it under torch.no_grad() (as optimisers and pruning do)");
+    });
+  }
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+
+// ADInplaceOrView key: run the op, then bump the version of every tensor it wrote.
+void bump_versions(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
+                   torch::jit::Stack* stack) {
+  std::vector<at::Tensor> written;
+  for_each_written(op, *stack,
+                   [&](const std::string&, size_t, const at::Tensor& t) { written.push_back(t); });
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+  for (const at::Tensor& t : written) torch::autograd::impl::bump_version(t);
+}
+
+constexpr const char* kInPlaceOps[] = {"apply_masks_", "masked_sgd_", "masked_adamw_"};
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
@@ -272,6 +328,13 @@ TORCH_LIBRARY_IMPL(sparse_lottery, Autograd, m) {
   m.impl("sparse_conv2d", &sparse_conv2d_autograd);
   m.impl("masked_conv1d", &masked_conv_autograd<1>);
   m.impl("masked_conv2d", &masked_conv_autograd<2>);
+  for (const char* name : kInPlaceOps)
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&refuse_grad>());
+}
+
+TORCH_LIBRARY_IMPL(sparse_lottery, ADInplaceOrView, m) {
+  for (const char* name : kInPlaceOps)
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&bump_versions>());
 }
 
 // The masked convolutions: apply_mask and the framework convolution, on every device.

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _registry  # noqa: F401  (registers the CPU and CUDA kernels)
+from . import _double_backward, _registry  # noqa: F401  (the CPU and CUDA kernels; autograd)
 from ._extension import has_cpu_kernels
 from ._mask_format import (
     check_apply_mask,

@@ -329,6 +329,80 @@ def test_masked_conv_double_backward(op, xs, ws, packed):
     assert torch.autograd.gradgradcheck(lambda x, w, b: op(x, w, mask, b, padding=1), (x, w, b))
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
+def test_apply_mask_is_differentiable(packed):
+    """d(tensor ⊙ mask) = grad ⊙ mask, to any order (it was once silently non-differentiable)."""
+    w = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    mask, keep = make_mask((5, 7), 0.5, "cpu", packed=packed)
+    g = torch.randn(5, 7, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(sl.apply_mask(w, mask), w, g)
+    assert torch.equal(grad, g * keep)
+    assert torch.autograd.gradcheck(lambda w: sl.apply_mask(w, mask), (w,))
+    assert torch.autograd.gradgradcheck(lambda w: sl.apply_mask(w, mask), (w,))
+
+
+def _masked_gradient_ops(mask):
+    """(name, function of (grad_output, input, weight)) for masked_linear's gradient ops."""
+    return [
+        ("grad_input", lambda g, x, w: OPS.masked_linear_grad_input(g, w, mask)),
+        ("grad_weight", lambda g, x, w: OPS.masked_linear_grad_weight(g, x, mask)),
+        ("backward", lambda g, x, w: OPS.masked_linear_backward(g, x, w, mask, [True] * 3)),
+        (
+            "backward-weight",
+            lambda g, x, w: OPS.masked_linear_backward(g, x, None, mask, [False, True, True])[1:],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "bool"])
+def test_masked_gradient_ops_are_differentiable(packed):
+    """masked_linear's gradient ops differentiate (twice) in grad_output, input and weight, so
+    create_graph works whichever of them a caller uses."""
+    mask, _ = make_mask((4, 6), 0.5, "cpu", packed=packed)
+    g = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    for name, op in _masked_gradient_ops(mask):
+        assert torch.autograd.gradcheck(op, (g, x, w)), name
+        assert torch.autograd.gradgradcheck(op, (g, x, w)), name
+
+
+def _in_place_call(op, param, mask):
+    """(call, written tensors, read-only tensors) of one in-place op on `param`."""
+    grad, state, state2 = (torch.randn_like(param.detach()) for _ in range(3))
+    state2.abs_()
+    if op == "apply_masks_":
+        return lambda: OPS.apply_masks_([param], [mask]), [param], [mask]
+    if op == "masked_sgd_":
+        args = ([param], [grad], [state], [mask], 0.1, 0.9, 0.0, 0.0, False, False, False)
+        return lambda: OPS.masked_sgd_(*args), [param, state], [grad, mask]
+    args = ([param], [grad], [state], [state2], [mask], 0.1, 0.9, 0.999, 1e-8, 0.0, 1, False)
+    return lambda: OPS.masked_adamw_(*args), [param, state, state2], [grad, mask]
+
+
+@pytest.mark.parametrize("op", ["apply_masks_", "masked_sgd_", "masked_adamw_"])
+def test_in_place_ops_count_versions_and_refuse_tensors_that_require_grad(op):
+    """As torch's in-place ops: each tensor written gets a new version (so autograd refuses a
+    backward through a value the op changed), and a tensor requiring grad is refused while grad
+    mode is on (the op is not differentiable) instead of being changed behind autograd's back."""
+    mask = torch.rand(5, 7) < 0.5
+    w = torch.randn(5, 7, requires_grad=True)
+    call, written, read = _in_place_call(op, w, mask)
+    with pytest.raises(RuntimeError, match=rf"{op}: \w+\[0\] requires grad.*torch.no_grad"):
+        call()
+    before = [t._version for t in written + read]
+    with torch.no_grad():
+        call()
+    assert [t._version for t in written + read] == [
+        v + (i < len(written)) for i, v in enumerate(before)
+    ]
+    y = w.sin().sum()  # saves w for its backward
+    with torch.no_grad():
+        call()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
 # --------------------------------------------------------------------------- opcheck / gradcheck
 def _opcheck_cases(device):
     x = torch.randn(5, 3, 12, device=device, requires_grad=True)

@@ -156,6 +156,50 @@ def test_gradcheck_float64():
     )
 
 
+def _penalty_gradients(forward, x, params):
+    """Gradients (w.r.t. x and params) of two penalties built with create_graph: the squared
+    norm of the input gradient and of the first parameter's gradient of Σ tanh(forward(x))."""
+    out = []
+    for wrt in (x, params[0]):
+        (g,) = torch.autograd.grad(torch.tanh(forward(x)).sum(), wrt, create_graph=True)
+        out.extend(torch.autograd.grad(g.square().sum(), [x, *params], allow_unused=True))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch, with_bias", [((6,), True), ((2, 3), False)], ids=["2d", "3d"])
+def test_double_backward_matches_reference(batch, with_bias, device):
+    """create_graph differentiates through the sparse gradients (sparse_linear_backward's own
+    autograd): gradient penalties match those of the dense masked reference."""
+    layout, values, x, bias, _ = _problem(batch, 9, 7, 0.4, torch.float32, device, seed=3)
+    params = [values.requires_grad_()] + ([bias.requires_grad_()] if with_bias else [])
+    b = bias if with_bias else None
+    x.requires_grad_()
+    got = _penalty_gradients(lambda x: sl.sparse.sparse_linear(x, values, layout, b), x, params)
+    want = _penalty_gradients(lambda x: x @ layout.dense(values).t() + (b if with_bias else 0),
+                              x, params)  # fmt: skip
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("need", [[True, True, True], [True, False, False], [False, True, True]])
+def test_backward_op_gradgradcheck_float64(need):
+    """sparse_linear_backward is differentiable in grad_output, input and values, twice."""
+    layout, values, x, _, grad = _problem((4,), 7, 5, 0.5, torch.float64, "cpu", seed=2)
+    for t in (values, x, grad):
+        t.requires_grad_()
+
+    def backward(grad, x, v):
+        return [t for t in OPS.sparse_linear_backward(grad, x, v, *layout, need) if t is not None]
+
+    assert torch.autograd.gradcheck(backward, (grad, x, values))
+    assert torch.autograd.gradgradcheck(backward, (grad, x, values))
+    assert torch.autograd.gradgradcheck(
+        lambda x, v, b: sl.sparse.sparse_linear(x, v, layout, b),
+        (x, values, torch.randn(5, dtype=torch.float64, requires_grad=True)),
+    )
+
+
 def test_training_matches_masked_training():
     """torch.optim.SGD on the stored values is SGD on the masked problem, step for step."""
     torch.manual_seed(1)

@@ -170,6 +170,60 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(conv, (x, values, bias))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 3, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 0.4),
+        (2, 3, 4, 7, 6, (3, 2), (2, 1), (2, 0), (1, 2), 0.5),
+    ],
+    ids=["same", "strided"],
+)
+def test_double_backward_matches_reference(case, device):
+    """create_graph differentiates through the sparse convolution's gradients: gradient
+    penalties (of the input's and of the values' gradient) match the dense masked reference."""
+    layout, values, x, bias, _, geometry = _problem(case, torch.float32, device, seed=4)
+    for t in (values, x, bias):
+        t.requires_grad_()
+    weight_shape = (case[2], case[1], *case[5])
+    stride, padding, dilation = geometry[1:]
+
+    def sparse(x):
+        return sl.sparse.sparse_conv2d(x, values, layout, bias, *geometry)
+
+    def dense(x):
+        w = layout.dense(values).view(weight_shape)
+        return torch.nn.functional.conv2d(x, w, bias, stride, padding, dilation)
+
+    for wrt in (x, values):
+        got, want = [], []
+        for f, out in ((sparse, got), (dense, want)):
+            (g,) = torch.autograd.grad(torch.tanh(f(x)).sum(), wrt, create_graph=True)
+            out.extend(torch.autograd.grad(g.square().sum(), [x, values, bias], allow_unused=True))
+        for a, b in zip(got, want):
+            if b is None:
+                assert a is None or not a.any()
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_gradgradcheck_float64():
+    case = (2, 2, 3, 5, 4, (3, 2), (2, 1), (1, 1), (1, 2), 0.5)
+    layout, values, x, bias, grad, geometry = _problem(case, torch.float64, "cpu", seed=5)
+    for t in (values, x, bias, grad):
+        t.requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda x, v, b: sl.sparse.sparse_conv2d(x, v, layout, b, *geometry), (x, values, bias)
+    )
+
+    def backward(grad, x, v):
+        need = [True, True, True]
+        return OPS.sparse_conv2d_backward(grad, x, v, *layout, *geometry, need)
+
+    assert torch.autograd.gradcheck(backward, (grad, x, values))
+    assert torch.autograd.gradgradcheck(backward, (grad, x, values))
+
+
 def test_compile_fullgraph():
     case = (2, 3, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 0.4)
     layout, values, x, bias, _, geometry = _problem(case, torch.float32, "cpu")
