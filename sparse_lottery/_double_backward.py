@@ -15,6 +15,7 @@ below autograd unless a graph of the gradients is being built (csrc/registration
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -78,28 +79,22 @@ def _masked_backward_vjp(ctx, *grads):
     return *d, None, None
 
 
-def _setup_masked_grad_input(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)  # grad_output, weight, mask
+def _setup_masked_half(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # grad_output, weight or input, mask
 
 
-def _masked_grad_input_vjp(ctx, gx):
-    grad, weight, mask = ctx.saved_tensors
+def _masked_half_vjp(ctx, cotangent, input_half: bool):
+    """VJP of masked_linear_grad_input (grad_output, weight, mask → dx; `input_half`) or of
+    masked_linear_grad_weight (grad_output, input, mask → dW)."""
+    grad, other, mask = ctx.saved_tensors
     need = ctx.needs_input_grad
-    d_grad, _, d_weight = _vjp(_masked_forward(mask), _masked_backward(mask), grad, None, weight,
-                               gx, None, None, (need[0], False, need[1]), (-1,))  # fmt: skip
-    return d_grad, d_weight, None
-
-
-def _setup_masked_grad_weight(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)  # grad_output, input, mask
-
-
-def _masked_grad_weight_vjp(ctx, gw):
-    grad, input, mask = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    d_grad, d_input, _ = _vjp(_masked_forward(mask), _masked_backward(mask), grad, input, None,
-                              None, gw, None, (need[0], need[1], False), (-1,))  # fmt: skip
-    return d_grad, d_input, None
+    x, w = (None, other) if input_half else (other, None)
+    gx, gw = (cotangent, None) if input_half else (None, cotangent)
+    d_grad, d_input, d_weight = _vjp(
+        _masked_forward(mask), _masked_backward(mask), grad, x, w, gx, gw, None,
+        (need[0], not input_half and need[1], input_half and need[1]), (-1,),
+    )  # fmt: skip
+    return d_grad, d_weight if input_half else d_input, None
 
 
 # --------------------------------------------------------------------------- sparse ops
@@ -148,8 +143,8 @@ def _apply_mask_vjp(ctx, grad):
 
 for _name, _vjp_fn, _setup in (
     ("masked_linear_backward", _masked_backward_vjp, _setup_masked_backward),
-    ("masked_linear_grad_input", _masked_grad_input_vjp, _setup_masked_grad_input),
-    ("masked_linear_grad_weight", _masked_grad_weight_vjp, _setup_masked_grad_weight),
+    ("masked_linear_grad_input", partial(_masked_half_vjp, input_half=True), _setup_masked_half),
+    ("masked_linear_grad_weight", partial(_masked_half_vjp, input_half=False), _setup_masked_half),
     ("sparse_linear_backward", _sparse_linear_backward_vjp, _setup_sparse_linear_backward),
     ("sparse_conv2d_backward", _sparse_conv2d_backward_vjp, _setup_sparse_conv2d_backward),
     ("apply_mask", _apply_mask_vjp, _setup_apply_mask),
