@@ -41,7 +41,13 @@ namespace {
 
 namespace sp = cpu::sparse;
 
-constexpr int64_t kRowsPerItem = 4;  // rows (output or input channels) per work item
+// A work item of the shift products: kRowsPerItem rows (output or input channels) over
+// kStripsPerItem strips, strip by strip. One strip per item made items of a few hundred FMAs,
+// and the threads' shared item counter bounced between the cores on every item: 8 strips cut a
+// ResNet-20 forward at 95% sparsity (batch 64, 2 threads, min of 5 alternating runs) 16→16 @32
+// 1.21 → 0.82 ms, 64→64 @8 0.62 → 0.50 ms; 4 strips measured alike.
+constexpr int64_t kRowsPerItem = 4;
+constexpr int64_t kStripsPerItem = 8;
 
 template <class A>
 inline sp::vec_t<A> loadu(const A* p) {  // grid runs start anywhere: unaligned
@@ -220,18 +226,20 @@ inline void shift_strip(int64_t e0, int64_t e1, const int64_t* src, const A* v, 
 }
 
 // out[r][0, T) = bias[r] (or 0) + Σ_{e in row r} v[e] · grid[src[e] + t], row r's entries being
-// [offsets[r·step], offsets[(r + 1)·step]); strip-major, so that the threads share the strip of
-// the grid being read.
+// [offsets[r·step], offsets[(r + 1)·step]); items strip-block-major, so that the threads share
+// the block of the grid being read.
 template <class A>
 void shift_spmm(const int64_t* offsets, int64_t step, int64_t rows, const int64_t* src,
                 const A* v, const A* bias, const A* grid, int64_t T, A* out, int64_t out_plane) {
   constexpr int64_t S = sp::kStrip<A>;
   const int64_t row_items = (rows + kRowsPerItem - 1) / kRowsPerItem, strips = T / S;
-  cpu::dynamic_for(at::get_num_threads(), row_items * strips, [&](int64_t i) {
-    const int64_t r0 = i % row_items * kRowsPerItem, t0 = i / row_items * S;
-    for (int64_t r = r0; r < std::min(rows, r0 + kRowsPerItem); ++r)
-      shift_strip<8>(offsets[r * step], offsets[(r + 1) * step], src, v, grid + t0,
-                     bias ? bias[r] : A(0), out + r * out_plane + t0);
+  const int64_t strip_items = (strips + kStripsPerItem - 1) / kStripsPerItem;
+  cpu::dynamic_for(at::get_num_threads(), row_items * strip_items, [&](int64_t i) {
+    const int64_t r0 = i % row_items * kRowsPerItem, s0 = i / row_items * kStripsPerItem;
+    for (int64_t k = s0; k < std::min(strips, s0 + kStripsPerItem); ++k)
+      for (int64_t r = r0; r < std::min(rows, r0 + kRowsPerItem); ++r)
+        shift_strip<8>(offsets[r * step], offsets[(r + 1) * step], src, v, grid + k * S,
+                       bias ? bias[r] : A(0), out + r * out_plane + k * S);
   });
 }
 
