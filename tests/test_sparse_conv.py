@@ -285,3 +285,24 @@ def test_backward_errors():
         OPS.sparse_conv2d_backward(grad, x[:, :, :5], values, *layout, *geometry, need)
     with pytest.raises(RuntimeError, match=r"grad_output: expected dtype torch.float32"):
         OPS.sparse_conv2d_backward(grad.double(), x, values, *layout, *geometry, need)
+
+
+def test_benchmark_quick(tmp_path):
+    """The benchmark's smoke run times both methods and writes its JSON and Markdown."""
+    import importlib.util
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "benchmarks", "bench_sparse_conv.py")
+    spec = importlib.util.spec_from_file_location("bench_sparse_conv", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = str(tmp_path / "quick")
+    assert bench.main(["--quick", "--batch", "2", "--out", out]) == 0
+    with open(out + ".json") as f:
+        result = json.load(f)
+    assert result["rows"] and all(min(r["ms"].values()) > 0 for r in result["rows"])
+    assert all(r["speedup"] > 0 for r in result["rows"])
+    with open(out + ".md") as f:
+        assert "| 64→64 @8×8 | 0.95 |" in f.read()

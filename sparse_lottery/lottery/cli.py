@@ -259,7 +259,7 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("masked_linear", "selection", "sparse_training", "imp")
+BENCHMARKS = ("masked_linear", "selection", "sparse_training", "sparse_conv", "imp")
 
 
 def bench_arguments(parser: argparse.ArgumentParser) -> None:
