@@ -246,6 +246,38 @@ if not has_cpu_kernels():
             f"sparse_lottery::{_conv}", _conv_backward, setup_context=_conv_setup
         )
 
+
+# --------------------------------------------------------------------------- in-place ops
+def _refusing_grad(op: str):
+    """The Autograd kernel of an in-place op that is not differentiable: in grad mode it refuses
+    the tensors it writes that require grad (autograd would not know they changed); below it,
+    the kernels' own in-place writes bump the versions. The Python twin of
+    csrc/registration.cpp's, for when the extension is not built."""
+    overload = getattr(_ops, op).default
+    written = [(i, a.name) for i, a in enumerate(overload._schema.arguments)
+               if a.alias_info is not None and a.alias_info.is_write]  # fmt: skip
+
+    def kernel(*args):
+        if torch.is_grad_enabled():
+            for i, name in written:
+                for j, t in enumerate(args[i]):
+                    if t.requires_grad:
+                        raise RuntimeError(
+                            f"sparse_lottery::{op}: {name}[{j}] requires grad, and the op writes "
+                            "it in place without being differentiable; call it under "
+                            "torch.no_grad() (as optimisers and pruning do)"
+                        )
+        with torch._C._AutoDispatchBelowAutograd():
+            return overload(*args)
+
+    return kernel
+
+
+if not has_cpu_kernels():  # else csrc/registration.cpp registers these
+    _IN_PLACE = torch.library.Library("sparse_lottery", "IMPL")
+    for _op in ("apply_masks_", "masked_sgd_", "masked_adamw_"):
+        _IN_PLACE.impl(_op, _refusing_grad(_op), "Autograd")
+
 __all__ = [
     "masked_linear",
     "masked_conv1d",

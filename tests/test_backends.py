@@ -75,3 +75,19 @@ def test_without_extension_the_package_warns_once_and_works():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok (3, 4)"
+
+
+def test_without_extension_in_place_ops_keep_torchs_semantics():
+    """The in-place ops' reference kernels bump versions and refuse tensors that require grad,
+    as the C++ ones do: test_ops' check, run with the extension blocked."""
+    code = (
+        "import sys; sys.modules['sparse_lottery._C'] = None\n"
+        "import pytest\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-W', 'ignore',\n"
+        "    'tests/test_ops.py', '-k', 'in_place_ops_count_versions']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPARSE_LOTTERY_REQUIRE_EXTENSION"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0 and "3 passed" in out.stdout, out.stdout[-3000:]
