@@ -8,6 +8,7 @@ medians over rounds of the per-round ratio.
 """
 
 import datetime
+import json
 import os
 import platform
 import random
@@ -96,3 +97,12 @@ def interleaved(steps: dict, timer: Timer, rounds: int, min_round_s: float) -> d
 def paired_ratio(samples: dict, num: str, den: str) -> float:
     """Median over rounds of num/den, both timed in the same round (robust to drifts)."""
     return statistics.median(a / b for a, b in zip(samples[num], samples[den]))
+
+
+def write_results(out: str, payload: dict, report: str) -> None:
+    """`payload` as <out>.json and the Markdown `report` as <out>.md (folders made as needed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(out + ".md", "w") as f:
+        f.write(report)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine  # noqa: E402
+from _common import machine, write_results  # noqa: E402
 
 from sparse_lottery import models  # noqa: E402
 from sparse_lottery.lottery import Runtime, apply_preset  # noqa: E402
@@ -249,11 +249,7 @@ def main(argv=None) -> int:
     report += "\n" + "\n".join(checks) + "\n"
     print(report)
     out = args.out or os.path.join(RESULTS, f"imp_{args.device}" + ("_quick" if args.quick else ""))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump({"machine": info, "results": results, "verdicts": checks}, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write(report)
+    write_results(out, {"machine": info, "results": results, "verdicts": checks}, report)
     print(f"wrote {out}.json and {out}.md")
     return 0
 

@@ -21,7 +21,6 @@ Markdown table and one PASS/FAIL line per target.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, interleaved, machine, paired_ratio  # noqa: E402
+from _common import Timer, interleaved, machine, paired_ratio, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
@@ -200,21 +199,8 @@ def main(argv=None) -> int:
     md = markdown(rows, info, targets)
     print()
     print(md)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(
-            {
-                "machine": info,
-                "rounds": rounds,
-                "noise_allowance": NOISE,
-                "targets": targets,
-                "rows": rows,
-            },
-            f,
-            indent=1,
-        )
-    with open(out + ".md", "w") as f:
-        f.write(md)
+    payload = {"machine": info, "rounds": rounds, "noise_allowance": NOISE, "targets": targets}
+    write_results(out, payload | {"rows": rows}, md)
     print(f"wrote {out}.json and {out}.md")
     # The quick run is a smoke test: tiny layers are dominated by per-call overheads, so its
     # PASS/FAIL lines are informational and do not set the exit status.

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import statistics
 import sys
@@ -42,7 +41,7 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine  # noqa: E402
+from _common import machine, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
@@ -344,11 +343,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(RESULTS, f"selection_{args.device}")
     if args.quick and not args.out:
         out += "_quick"
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump({"machine": info, "rows": rows, "checks": checks}, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write(report)
+    write_results(out, {"machine": info, "rows": rows, "checks": checks}, report)
     print(f"wrote {out}.json and {out}.md")
     return 1 if any(c.startswith("FAIL") for c in checks) else 0
 

@@ -17,7 +17,6 @@ Markdown table.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, interleaved, machine, paired_ratio  # noqa: E402
+from _common import Timer, interleaved, machine, paired_ratio, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
@@ -105,11 +104,7 @@ def main(argv=None) -> int:
     report = markdown(rows, info, rounds)
     print(report)
     out = args.out or os.path.join(RESULTS, "sparse_conv_cpu" + ("_quick" if args.quick else ""))
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump({"machine": info, "rounds": rounds, "rows": rows}, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write(report)
+    write_results(out, {"machine": info, "rounds": rounds, "rows": rows}, report)
     print(f"wrote {out}.json and {out}.md")
     return 0
 

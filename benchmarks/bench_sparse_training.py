@@ -28,7 +28,6 @@ target.
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, interleaved, machine, paired_ratio  # noqa: E402
+from _common import Timer, interleaved, machine, paired_ratio, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
@@ -403,11 +402,7 @@ def main(argv=None) -> int:
     report += "\n" + "\n".join(checks) + "\n"
     print(report)
     out = args.out or os.path.join(RESULTS, f"sparse_training_{args.device}")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump({"machine": info, "rows": rows, "verdicts": checks}, f, indent=1)
-    with open(out + ".md", "w") as f:
-        f.write(report)
+    write_results(out, {"machine": info, "rows": rows, "verdicts": checks}, report)
     plot(rows, out + ".png")
     print(f"wrote {out}.json, {out}.md and {out}.png")
     return 0

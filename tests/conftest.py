@@ -32,6 +32,18 @@ def assert_close_to_reference(out, ref64, ref_same_precision, what=""):
     )
 
 
+def load_benchmark(name: str):
+    """The module of benchmarks/bench_<name>.py (the benchmarks folder is not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", f"bench_{name}.py")  # fmt: skip
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

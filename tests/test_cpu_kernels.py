@@ -404,17 +404,13 @@ def test_many_small_panels(threads):
 
 def test_benchmark_quick(tmp_path):
     """The benchmark's smoke run works end to end and writes its JSON and Markdown."""
-    import importlib.util
     import json
     import os
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "benchmarks", "bench_masked_linear.py")
-    spec = importlib.util.spec_from_file_location("bench_masked_linear", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from conftest import load_benchmark
+
     out = str(tmp_path / "quick")
-    assert bench.main(["--quick", "--rounds", "2", "--out", out]) == 0
+    assert load_benchmark("masked_linear").main(["--quick", "--rounds", "2", "--out", out]) == 0
     with open(out + ".json") as f:
         result = json.load(f)
     assert result["rows"] and all(r["ms"]["fused_packed"] > 0 for r in result["rows"])

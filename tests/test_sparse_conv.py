@@ -2,9 +2,11 @@
 pure-PyTorch reference (F.conv2d of the dense masked weight), opcheck, gradcheck, and the errors
 of bad input."""
 
+import json
+
 import pytest
 import torch
-from conftest import DEVICES, assert_close_to_reference
+from conftest import DEVICES, assert_close_to_reference, load_benchmark
 
 import sparse_lottery as sl
 from sparse_lottery import reference
@@ -289,17 +291,8 @@ def test_backward_errors():
 
 def test_benchmark_quick(tmp_path):
     """The benchmark's smoke run times both methods and writes its JSON and Markdown."""
-    import importlib.util
-    import json
-    import os
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(root, "benchmarks", "bench_sparse_conv.py")
-    spec = importlib.util.spec_from_file_location("bench_sparse_conv", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = str(tmp_path / "quick")
-    assert bench.main(["--quick", "--batch", "2", "--out", out]) == 0
+    assert load_benchmark("sparse_conv").main(["--quick", "--batch", "2", "--out", out]) == 0
     with open(out + ".json") as f:
         result = json.load(f)
     assert result["rows"] and all(min(r["ms"].values()) > 0 for r in result["rows"])
