@@ -101,6 +101,12 @@ COMMANDS: dict[str, Command] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-lottery", description=__doc__.split("\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="show the traceback of a bad-input error (by default one line: the flag or file, "
+        "what was expected, what came)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
@@ -115,7 +121,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return COMMANDS[args.command].run(args)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (Exception, SystemExit) as error:
+        if args.traceback or not _bad_input(error):
+            raise
+        message = error.code if isinstance(error, SystemExit) else error
+        print(f"sparse-lottery {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _bad_input(error: BaseException) -> bool:
+    """Errors that report bad input (a flag's value, a missing dataset, a corrupt or foreign
+    checkpoint; a command's own exit with a message): their message says what to change, so
+    they print as one line, and the command exits with status 2 (as argparse's errors)."""
+    from .lottery.checkpoint import CheckpointError
+
+    if isinstance(error, SystemExit):
+        return isinstance(error.code, str)
+    return isinstance(error, ValueError | FileNotFoundError | CheckpointError)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,16 @@ def data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data")
     sl.data.load_dataset("mnist1d", path)
     return path
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """The one-line message of a `sparse-lottery` command that must fail on bad input: it
+    exits with status 2 and prints `sparse-lottery <command>: error: <message>` alone."""
+    from sparse_lottery.__main__ import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    command = next(a for a in argv if not a.startswith("-"))
+    assert err.startswith(f"sparse-lottery {command}: error: ") and err.count("\n") == 1, err
+    return err.strip()

@@ -31,4 +31,14 @@ def test_docstring_examples(name):
 def test_public_api_is_documented():
     missing = [n for n in sl.__all__ if not (getattr(sl, n).__doc__ or "").strip()]
     missing += [n for n in sl.ops.__all__ if not (getattr(sl.ops, n).__doc__ or "").strip()]
+    from sparse_lottery import lottery
+
+    for name in lottery.__all__:
+        obj = getattr(lottery, name)
+        if not callable(obj):
+            continue
+        members = [(name, obj)] + [
+            (f"{name}.{m}", f) for m, f in vars(obj).items() if callable(f) and m[0] != "_"
+        ] * isinstance(obj, type)
+        missing += [n for n, f in members if not (f.__doc__ or "").strip()]
     assert not missing, f"public names without a docstring: {missing}"

@@ -4,9 +4,11 @@ its mask), the report, resuming a killed comparison, the errors, and the `finetu
 to end on a tiny MNIST-1D run (10 iterations per training)."""
 
 import json
+import re
 
 import pytest
 import torch
+from conftest import cli_error
 
 import sparse_lottery as sl
 from sparse_lottery.__main__ import main
@@ -212,12 +214,11 @@ def test_errors_name_the_argument(tmp_path, data_dir, capsys):
         ("--replicates", "0,x"): "--replicates: expected distinct replicate numbers",
         ("--levels", "0"): "--levels: expected a positive int, got 0",
         ("--ps", "0,2"): r"--ps: expected fractions in \(0, 1\]",
-        ("--k", "10it"): r"finetune: k: expected a rewind point in \[1, 10\).*got '10it'",
+        ("--k", "10it"): r"finetune: error: k: expected a rewind point in \[1, 10\).*got '10it'",
         ("--k", "3ms"): "k: expected '<n>it' or '<n>ep'",
     }
     for (flag, value), message in bad.items():
-        with pytest.raises(SystemExit, match=message):
-            main(["finetune", flag, value, *flags])
+        assert re.search(message, cli_error(capsys, ["finetune", flag, value, *flags]))
     run = _run(tmp_path, data_dir)
     with pytest.raises(ValueError, match="method: expected one of"):
         ft.start_weights(run, 1, "prune")

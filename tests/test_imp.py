@@ -4,6 +4,8 @@ kill-and-resume equality, refusal of corrupt or foreign checkpoints, DDP over gl
 import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_error
 
 import sparse_lottery as sl
 from sparse_lottery.lottery import CheckpointError, Experiment, Run, Runtime, checkpoint, run_imp
@@ -286,6 +289,85 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path, data_dir):
         Run(exp, rt)
 
 
+def test_deleting_a_corrupt_checkpoint_redoes_the_step_that_wrote_it(tmp_path, data_dir):
+    """The advice of the checksum error holds: delete the file and rerun. The step that wrote
+    it is redone (bitwise as the first time, on the CPU) and the command goes on."""
+    exp = tiny(prune_fraction=0.5, rewind="step", rewind_step="10it")
+    rt = runtime(tmp_path, data_dir)
+    run_imp(exp, rt, levels=2)
+    rep = tmp_path / f"lottery_{exp.hash()}" / "replicate_0"
+    retrain = dataclasses.replace(exp.training, lr=1e-3)
+    commands = {  # a file, and a command that reads it
+        "level_1/final.ckpt": lambda: Run(exp, rt).branch(2, "random_prune", seed=1),
+        "level_2/mask.ckpt": lambda: Run(exp, rt).branch(2, "random_prune", seed=2),
+        "rewind.ckpt": lambda: Run(exp, rt).branch(2, "retrain", retrain),
+    }
+    shutil.rmtree(rep / "level_2")  # level 2's mask is made again from level 1's weights
+    for name, command in commands.items():
+        if name.startswith("level_2"):
+            run_imp(exp, rt, levels=2)
+        before = _payload(rep / name)
+        data = bytearray((rep / name).read_bytes())
+        data[len(data) // 2] ^= 0x55
+        (rep / name).write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=f"{name}: checksum mismatch.*delete it"):
+            command() if name != "level_1/final.ckpt" else run_imp(exp, rt, levels=2)
+        (rep / name).unlink()
+        command() if name != "level_1/final.ckpt" else run_imp(exp, rt, levels=2)
+        after = _payload(rep / name)
+        for key, value in before.items():
+            if key == "packed":
+                assert all(torch.equal(after[key][k], v) for k, v in value.items()), name
+            elif isinstance(value, torch.Tensor):
+                assert torch.equal(after[key], value), (name, key)
+
+
+def test_retrain_branch_trains_with_its_own_settings(tmp_path, data_dir):
+    """A retrain branch uses its learning rate (also when fine-tuning at the schedule's end),
+    its data and augmentation seeds and its dataset; the report keeps branches with other
+    settings apart; settings a branch cannot use are refused."""
+    from sparse_lottery.lottery.report import collect
+
+    exp = tiny(steps="20it", prune_fraction=0.5, rewind="none")
+    exp = dataclasses.replace(exp, training=dataclasses.replace(exp.training, schedule="cosine"))
+    run = Run(exp, runtime(tmp_path, data_dir))
+    ticket = run.level(1)
+    faster = dataclasses.replace(exp.training, lr=0.5)
+    summary = run.branch(1, "retrain", faster)
+    folder = run.branch_dir(1, "retrain", faster)
+    config = json.loads((folder / "config.json").read_text())
+    final_lr = learning_rate(faster, run.total - 1, run.total, run.data.steps_per_epoch)
+    assert config["fixed_lr"] == pytest.approx(final_lr) and final_lr > 1e-3
+    assert {m["lr"] for m in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())} \
+        == {config["fixed_lr"]}  # fmt: skip
+    assert summary["test_loss"] != ticket["test_loss"]
+    # Data order and augmentation seeds reach the training.
+    losses = []
+    for seed in (5, 7):
+        hp = dataclasses.replace(exp.training, data_seed=seed, augment_seed=seed)
+        losses.append(run.branch(1, "retrain", hp)["test_loss"])
+        config = json.loads((run.branch_dir(1, "retrain", hp) / "config.json").read_text())
+        assert config["seeds"] == {"init": 0, "data": seed, "augment": seed}
+    assert losses[0] != losses[1]
+    # Another dataset of the same shapes; one of other shapes is refused.
+    shifted = dataclasses.replace(exp.dataset, dataset="mnist1d_shifted")
+    moved = run.branch(1, "retrain", None, dataset=shifted)
+    assert moved["experiment"]["dataset"]["dataset"] == "mnist1d_shifted"
+    assert moved["test_loss"] != ticket["test_loss"]
+    with pytest.raises(ValueError, match=r"dataset: 'digits' has samples of shape \(1, 8, 8\)"):
+        run.branch(1, "retrain", None, dataset=dataclasses.replace(shifted, dataset="digits"))
+    with pytest.raises(ValueError, match="init_seed: a retrain branch starts from the level"):
+        run.branch(1, "retrain", dataclasses.replace(exp.training, init_seed=3))
+    with pytest.raises(ValueError, match="the other kinds take none"):
+        run.branch(1, "reinit", faster)
+    with pytest.raises(ValueError, match="--optimizer: expected one of"):
+        run.branch(1, "retrain", dataclasses.replace(exp.training, optimizer="lion"))
+    methods = {row["method"] for row in collect(tmp_path)[0]["rows"] if row["level"] == 1}
+    assert methods == {"ticket", "retrain (lr=0.5)", "retrain (augment_seed=5, data_seed=5)",
+                       "retrain (augment_seed=7, data_seed=7)",
+                       "retrain (dataset=mnist1d_shifted)"}  # fmt: skip
+
+
 def test_resume_checkpoint_of_another_model_is_refused(tmp_path, data_dir):
     exp = tiny()
     rt = runtime(tmp_path, data_dir)
@@ -351,7 +433,43 @@ def test_cli_train_imp_branch_report(tmp_path, data_dir, capsys):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| level | density | ticket acc |" in md and "accuracy_vs_density.png" in md
     assert "data:image/png;base64" in (tmp_path / "report" / "report.html").read_text()
-    with pytest.raises(SystemExit):
-        main(["imp", "--baselines", "magic", *common])
+    assert "--baselines: expected names" in cli_error(
+        capsys, ["imp", "--baselines", "magic", *common]
+    )
     with pytest.raises(ValueError, match="--optimizer"):
-        main(["imp", "--optimizer", "lion", *common])
+        main(["--traceback", "imp", "--optimizer", "lion", *common])
+
+
+BAD_INPUT = [
+    (["--prune-fraction", "-0.1"], r"--prune-fraction: expected a fraction in \[0, 1\], got -0.1"),
+    (["--steps", "5x"], r"--steps: expected '<n>it' or '<n>ep' .*got '5x'"),
+    (["--steps", "0it"], r"--steps: expected at least one iteration, got '0it'"),
+    (["--optimizer", "lion"], r"--optimizer: expected one of \['sgd', 'adam', 'adamw'\], "
+                              r"got 'lion'"),
+    (["--dataset", "mnist2"], r"--dataset: expected one of \[.*'mnist1d'.*\], got 'mnist2'"),
+    (["--augmentation", "jitter"], r"--augmentation: expected one of \[.*'crop_flip'.*"
+                                   r"got 'jitter'"),
+    (["--model", "resnet21"], r"--model: expected one of \[.*'resnet20'.*\], got 'resnet21'"),
+    (["--execution", "fast"], r"--execution: expected one of \['auto', 'dense', 'sparse'\]"),
+    (["--precision", "fp8"], r"--precision: expected one of"),
+    (["--checkpoint-every", "5x"], r"--checkpoint-every: expected '<n>s', '<n>it' or '<n>ep'"),
+    (["--prune-rates", "fc9=0.1"], r"--prune-rates: 'fc9' matches no prunable layer of "
+                                   r"mnist1d_mlp; its layers are \['fc1', 'fc2', 'fc3'\]"),
+    (["--prune-exclude", "conv*"], r"--prune-exclude: 'conv\*' matches no prunable layer"),
+    (["--dataset", "mnist", "--model", "lenet_300_100"], r"mnist.*(--download|download)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT, ids=[" ".join(f) for f, _ in BAD_INPUT])
+def test_cli_bad_input_is_one_line_naming_the_flag(flags, message, tmp_path, capsys):
+    """Bad input ends the command with status 2 and one line on stderr that names the flag,
+    what was expected and what came; nothing is trained and no experiment folder is left."""
+    from sparse_lottery.__main__ import main
+
+    common = ["--root", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"),
+              "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(["-q", "imp", "--levels", "1", *common, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparse-lottery imp: error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert not list((tmp_path / "runs").glob("lottery_*/replicate_*/level_*"))

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import cli_error
 
 import sparse_lottery as sl
 from sparse_lottery.__main__ import main
@@ -271,10 +272,11 @@ def test_jackpot_cli_writes_results(tmp_path, data_dir, capsys):
         assert row["metrics"][-1]["iou_initial"] == row["iou"]
         assert (path.parent / f"density_{row['density']:g}" / "found_mask.ckpt").exists()
     assert "0.0500" in (path.parent / "jackpot.md").read_text()
-    with pytest.raises(SystemExit, match="--swap-fraction: expected a fraction in"):
-        main(["-q", "jackpot", "--swap-fraction", "2", *flags])
-    with pytest.raises(SystemExit, match="--density: expected fractions"):
-        main(["-q", "jackpot", "--density", "0.1,x", *flags])
+    err = cli_error(capsys, ["-q", "jackpot", "--swap-fraction", "2", *flags])
+    assert "--swap-fraction: expected a fraction in" in err
+    assert "--density: expected fractions" in cli_error(
+        capsys, ["-q", "jackpot", "--density", "0.1,x", *flags]
+    )
 
 
 def test_cli_help_documents_every_flag(capsys):

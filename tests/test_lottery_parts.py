@@ -193,10 +193,18 @@ def test_every_hyperparameter_is_a_flag():
 
 
 def test_retrain_overrides():
-    hp = cli.parse_training_overrides("lr=0.001,steps=50it,nesterov=true", TrainingHparams())
-    assert (hp.lr, hp.steps, hp.nesterov) == (0.001, "50it", True)
-    with pytest.raises(SystemExit, match="--retrain"):
-        cli.parse_training_overrides("learning_rate=1", TrainingHparams())
+    bases = {"training": TrainingHparams(), "dataset": Experiment().dataset}
+    changed = cli.parse_overrides("lr=0.001,steps=50it,nesterov=true", "--retrain", **bases)
+    hp = changed["training"]
+    assert (hp.lr, hp.steps, hp.nesterov) == (0.001, "50it", True) and "dataset" not in changed
+    changed = cli.parse_overrides("dataset=digits, batch_size=32", "--retrain", **bases)
+    assert (changed["dataset"].dataset, changed["dataset"].batch_size) == ("digits", 32)
+    with pytest.raises(SystemExit, match=r"--retrain: expected 'field=value' .*'learning_rate=1'"):
+        cli.parse_overrides("learning_rate=1", "--retrain", **bases)
+    with pytest.raises(SystemExit, match=r"--retrain: lr: expected float, got 'abc'"):
+        cli.parse_overrides("lr=abc", "--retrain", **bases)
+    with pytest.raises(SystemExit, match=r"--retrain: nesterov: expected bool, got 'maybe'"):
+        cli.parse_overrides("nesterov=maybe", "--retrain", **bases)
 
 
 HASH_DEFAULT = "d0b2be2632e9fab9"

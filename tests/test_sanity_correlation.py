@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_error
 
 import sparse_lottery as sl
 from sparse_lottery.analysis import correlation as corr
@@ -332,8 +333,8 @@ def test_cli_sanity_end_to_end(tmp_path, data_dir, capsys):
     before = (folder / "sanity.json").read_text()
     assert main(argv) == 0
     assert (folder / "sanity.json").read_text() == before
-    with pytest.raises(SystemExit, match="--lrs: expected distinct positive"):
-        main([*argv[:6], "0.01,-1", *argv[7:]])
+    err = cli_error(capsys, [*argv[:6], "0.01,-1", *argv[7:]])
+    assert "--lrs: expected distinct positive" in err
 
 
 def test_cli_sanity_help_and_list(capsys):

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import cli_error
 
 import sparse_lottery as sl
 from sparse_lottery.__main__ import build_parser, main
@@ -170,13 +171,13 @@ def test_bad_arguments_name_the_argument(finished, capsys):
     with pytest.raises(ValueError, match="freeze: expected one of"):
         transfer_model(run, target, 1, "ticket", "late", "partly")
     flags = ["--root", str(run.runtime.root), "--data-dir", run.runtime.data_dir]
-    with pytest.raises(SystemExit, match="--target: required"):
-        main(["transfer", "--levels", "1", *flags])
-    with pytest.raises(SystemExit, match="--freeze: expected distinct names"):
-        main(["transfer", "--target", "mnist1d_shifted", "--levels", "1", "--freeze", "x"])
-    with pytest.raises(SystemExit, match="--target-training: expected 'field=value'"):
-        main(["-q", "transfer", "--target", "mnist1d_shifted", "--levels", "1",
-              "--target-training", "speed=3", *flags])  # fmt: skip
+    assert "--target: required" in cli_error(capsys, ["transfer", "--levels", "1", *flags])
+    err = cli_error(capsys, ["transfer", "--target", "mnist1d_shifted", "--levels", "1",
+                             "--freeze", "x"])  # fmt: skip
+    assert "--freeze: expected distinct names" in err
+    err = cli_error(capsys, ["-q", "transfer", "--target", "mnist1d_shifted", "--levels", "1",
+                             "--target-training", "speed=3", *flags])  # fmt: skip
+    assert "--target-training: expected 'field=value'" in err
     with pytest.raises(SystemExit) as exit_info:
         main(["transfer", "--help"])
     assert exit_info.value.code == 0

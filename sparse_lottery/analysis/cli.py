@@ -85,7 +85,6 @@ def stability(args: argparse.Namespace) -> int:
             seed_offset=args.seed_offset,
             norm_batches=args.norm_batches,
         ),
-        "stability",
     )
     if done:
         rows = done[2]

@@ -76,7 +76,6 @@ def finetune(args: argparse.Namespace) -> int:
             ps,
             args.metric,
         ),
-        "finetune",
     )
     if done:
         result = done[2]

@@ -84,7 +84,6 @@ def jackpot(args: argparse.Namespace) -> int:
     done = _on_experiment(
         args,
         lambda exp, runtime: lottery_jackpot(Run(exp, runtime, args.replicate), densities, hp),
-        "jackpot",
     )
     if done:
         rows = done[2]

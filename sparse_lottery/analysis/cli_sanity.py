@@ -87,7 +87,6 @@ def sanity(args: argparse.Namespace) -> int:
             gap=args.gap,
             metric=args.metric,
         ),
-        "sanity",
     )
     if done:
         result = done[2]

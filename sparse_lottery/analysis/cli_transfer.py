@@ -15,7 +15,7 @@ Example:
 import argparse
 from pathlib import Path
 
-from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_training_overrides
+from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_overrides
 from .transfer_model import FREEZES, RESETS
 
 _BASELINES = ("dense", "random")
@@ -72,13 +72,14 @@ def transfer(args: argparse.Namespace) -> int:
     baselines = _names(args.baselines, "--baselines", _BASELINES, allow_empty=True)
 
     def work(exp, runtime):
-        training = parse_training_overrides(args.target_training, exp.training,
-                                            "--target-training")  # fmt: skip
+        changes = parse_overrides(args.target_training, "--target-training",
+                                  training=exp.training)  # fmt: skip
+        training = changes.get("training", exp.training)
         return run_transfer(Run(exp, runtime, args.replicate), args.target,
                             range(1, args.levels + 1), resets, freezes, baselines,
                             training)  # fmt: skip
 
-    done = _on_experiment(args, work, "transfer")
+    done = _on_experiment(args, work)
     if done:
         result = done[2]
         print(format_table(result["rows"]))

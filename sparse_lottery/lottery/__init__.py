@@ -1,5 +1,9 @@
 """The lottery driver: IMP with every rewinding variant, branches, resumable run folders.
 
+The Python API of the `sparse-lottery` commands: `train` (the dense level 0), `run_imp`
+(levels), `branch` (reinit, random pruning, retraining), `write_report` and `run_benchmarks`,
+over an `Experiment` (hyperparameters, hashed) and a `Runtime` (options that change no result).
+
 Example:
     >>> from sparse_lottery.lottery import Experiment, Runtime, run_imp
     >>> rows = run_imp(Experiment(), Runtime(), levels=3, baselines=("reinit",))  # doctest: +SKIP
@@ -8,6 +12,7 @@ Example:
 """
 
 from .checkpoint import CheckpointError
+from .cli import run_benchmarks
 from .hparams import (
     DatasetHparams,
     Experiment,
@@ -17,7 +22,8 @@ from .hparams import (
     parse_duration,
 )
 from .presets import PRESETS, apply_preset
-from .runner import BRANCHES, Run, run_imp
+from .report import write_report
+from .runner import BRANCHES, Run, branch, run_imp, train
 from .trainer import Runtime
 
 __all__ = [
@@ -32,6 +38,10 @@ __all__ = [
     "apply_preset",
     "BRANCHES",
     "Run",
+    "train",
     "run_imp",
+    "branch",
+    "write_report",
+    "run_benchmarks",
     "Runtime",
 ]

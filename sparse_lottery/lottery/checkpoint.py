@@ -62,6 +62,7 @@ def atomic_write(path: str | Path, data: bytes, durable: bool = True) -> None:
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
+    """`obj` as indented JSON (keys sorted) at `path`, written with `atomic_write`."""
     atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .hparams import SECTIONS, TrainingHparams
+from .hparams import SECTIONS, TrainingHparams  # noqa: F401  (doctest)
 from .presets import PRESETS, apply_preset
 from .report import markdown_table
 from .runner import BRANCHES, Run, run_imp
@@ -123,10 +123,10 @@ def _session(args: argparse.Namespace):
     return exp, runtime
 
 
-def _on_experiment(args: argparse.Namespace, work, command: str | None = None):
+def _on_experiment(args: argparse.Namespace, work):
     """`work(exp, runtime)` inside the process group; (exp, runtime, its result) on rank 0,
-    None on other ranks and after --list. With `command`, a ValueError from `work` exits with
-    its message after the command's name."""
+    None on other ranks and after --list. Errors propagate (`sparse_lottery.__main__` prints
+    bad-input ones as one line)."""
     session = _session(args)
     if session is None:
         return None
@@ -135,10 +135,6 @@ def _on_experiment(args: argparse.Namespace, work, command: str | None = None):
         result = work(exp, runtime)
         main = distributed.is_main()  # before the group is gone
         distributed.barrier()  # no rank closes its connections while another still uses them
-    except ValueError as e:
-        if command is None:
-            raise
-        raise SystemExit(f"{command}: {e}") from e
     finally:
         distributed.teardown()
     return (exp, runtime, result) if main else None
@@ -146,6 +142,7 @@ def _on_experiment(args: argparse.Namespace, work, command: str | None = None):
 
 # --------------------------------------------------------------------------- commands
 def imp_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imp`'s flags: --levels, --baselines and the experiment's."""
     parser.add_argument("--levels", type=int, default=10,
                         help="pruning levels after the dense level 0 (default: 10)")  # fmt: skip
     parser.add_argument("--baselines", default="",
@@ -155,6 +152,9 @@ def imp_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def imp(args: argparse.Namespace) -> int:
+    """IMP levels 0..--levels (and the --baselines at every level ≥ 1), then the table."""
+    if args.levels < 0:
+        raise SystemExit(f"--levels: expected an int >= 0, got {args.levels}")
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     bad = [b for b in baselines if b not in BRANCHES[:2]]
     if bad:
@@ -184,6 +184,7 @@ def format_table(rows: list[dict], baselines: tuple[str, ...]) -> str:
 
 
 def train_arguments(parser: argparse.ArgumentParser) -> None:
+    """`train`'s flags: the experiment's."""
     add_experiment_arguments(parser)
 
 
@@ -198,44 +199,67 @@ def train(args: argparse.Namespace) -> int:
 
 
 def branch_arguments(parser: argparse.ArgumentParser) -> None:
+    """`branch`'s flags: the level, the kind, its seed and changes, and the experiment's."""
     parser.add_argument("--level", type=int, required=True, help="the level to branch from")
     parser.add_argument("--kind", required=True, choices=BRANCHES,
                         help="reinit, random_prune or retrain")  # fmt: skip
     parser.add_argument("--branch-seed", type=int, default=0,
                         help="seed of the branch's random init or mask (default: 0)")  # fmt: skip
     parser.add_argument("--retrain", default="",
-                        help="retrain: training hyperparameters to change, "
-                        "'field=value,...' (e.g. 'lr=0.001,steps=500it')")  # fmt: skip
+                        help="retrain: training or dataset hyperparameters to change, "
+                        "'field=value,...' (e.g. 'lr=0.001,steps=500it' or "
+                        "'dataset=mnist1d_shifted')")  # fmt: skip
     add_experiment_arguments(parser)
 
 
-def parse_training_overrides(text: str, base: TrainingHparams,
-                             flag: str = "--retrain") -> TrainingHparams:  # fmt: skip
-    """'lr=0.001,steps=500it' applied to `base` (each value parsed as the field's type); errors
-    name `flag`."""
-    hints = typing.get_type_hints(TrainingHparams)
-    values = {}
+_BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def parse_overrides(text: str, flag: str, **bases) -> dict:
+    """'lr=0.001,steps=500it' applied to the hyperparameter dataclasses `bases` (a field goes to
+    the one that has it; each value parsed as the field's type): {name: changed copy} for the
+    bases a field changed. Errors name `flag`, the field, what was expected and what came.
+
+    Example:
+        >>> parse_overrides("lr=0.5", "--retrain", training=TrainingHparams())["training"].lr
+        0.5
+    """
+    owner = {f.name: name for name, base in bases.items() for f in dataclasses.fields(base)}
+    values: dict[str, dict] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or name not in hints:
+        name, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or name not in owner:
             raise SystemExit(
-                f"{flag}: expected 'field=value' with fields of {sorted(hints)}, got {item!r}"
+                f"{flag}: expected 'field=value' with fields of {sorted(owner)}, got {item!r}"
             )
-        kind = hints[name]
-        values[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    return dataclasses.replace(base, **values)
+        kind = typing.get_type_hints(type(bases[owner[name]]))[name]
+        try:
+            values.setdefault(owner[name], {})[name] = (
+                _BOOLS[value.lower()] if kind is bool else kind(value)
+            )
+        except (KeyError, ValueError):
+            raise SystemExit(f"{flag}: {name}: expected {kind.__name__}, got {value!r}") from None
+    return {name: dataclasses.replace(bases[name], **changes) for name, changes in values.items()}
 
 
 def branch(args: argparse.Namespace) -> int:
+    """Train a branch of a finished level; see `Run.branch`."""
     if args.kind == "retrain" and not args.retrain and not args.list:
         raise SystemExit("--retrain: the retrain branch needs the hyperparameters to change")
+    if args.kind != "retrain" and args.retrain:
+        raise SystemExit(f"--retrain: only for --kind retrain, got --kind {args.kind}")
 
     def work(exp, runtime):
-        training = None
+        changes = {}
         if args.kind == "retrain":
-            training = parse_training_overrides(args.retrain, exp.training)
-        return Run(exp, runtime, args.replicate).branch(args.level, args.kind, training,
-                                                        args.branch_seed)  # fmt: skip
+            changes = parse_overrides(args.retrain, "--retrain", training=exp.training,
+                                      dataset=exp.dataset)  # fmt: skip
+        run = Run(exp, runtime, args.replicate)
+        try:
+            return run.branch(args.level, args.kind, changes.get("training"), args.branch_seed,
+                              changes.get("dataset"))  # fmt: skip
+        except ValueError as error:
+            raise SystemExit(f"--retrain: {error}" if changes else str(error)) from error
 
     done = _on_experiment(args, work)
     if done is not None:
@@ -246,12 +270,14 @@ def branch(args: argparse.Namespace) -> int:
 
 
 def report_arguments(parser: argparse.ArgumentParser) -> None:
+    """`report`'s arguments: the root folder and --out."""
     parser.add_argument("root", nargs="?", default="runs",
                         help="folder of experiments (default: runs)")  # fmt: skip
     parser.add_argument("--out", default=None, help="report folder (default: <root>/report)")
 
 
 def report(args: argparse.Namespace) -> int:
+    """Write the Markdown + HTML report of every experiment under the root folder."""
     from .report import write_report
 
     out = write_report(args.root, args.out)
@@ -263,6 +289,7 @@ BENCHMARKS = ("masked_linear", "selection", "sparse_training", "sparse_conv", "i
 
 
 def bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """`bench`'s arguments: the benchmark names, --quick and --device."""
     parser.add_argument(
         "names",
         nargs="*",
@@ -270,21 +297,34 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device the benchmarks run on (default: cpu)")  # fmt: skip
 
 
 def bench(args: argparse.Namespace) -> int:
-    """Run the kernel benchmarks of a source checkout (`benchmarks/bench_<name>.py`)."""
+    """Run the benchmarks (see `run_benchmarks`); the exit status is the first failure's."""
+    return run_benchmarks(args.names, args.quick, args.device)
+
+
+def run_benchmarks(names=BENCHMARKS, quick: bool = False, device: str = "cpu") -> int:
+    """Run `benchmarks/bench_<name>.py` of a source checkout for each of `names`, one process
+    each (each saves its results under `benchmarks/results/`); returns 0, or the exit status
+    of the first that failed. Every name is checked before any runs.
+
+    Example:
+        >>> run_benchmarks(["sparse_conv"], quick=True)  # doctest: +SKIP
+        0
+    """
+    bad = [name for name in names if name not in BENCHMARKS]
+    if bad:
+        raise ValueError(f"names: expected benchmarks from {list(BENCHMARKS)}, got {bad}")
     folder = Path(__file__).resolve().parents[2] / "benchmarks"
     if not folder.is_dir():
-        raise SystemExit(f"bench: no benchmarks folder at {folder} (run from a source checkout)")
+        raise FileNotFoundError(f"no benchmarks folder at {folder} (run from a source checkout)")
     status = 0
-    for name in args.names:
-        script = folder / f"bench_{name}.py"
-        if name not in BENCHMARKS or not script.exists():
-            raise SystemExit(f"bench: unknown benchmark {name!r}; choose from {BENCHMARKS}")
-        cmd = [sys.executable, str(script), "--device", args.device]
-        cmd += ["--quick"] if args.quick else []
+    for name in names:
+        cmd = [sys.executable, str(folder / f"bench_{name}.py"), "--device", device]
+        cmd += ["--quick"] if quick else []
         print(f"== {' '.join(cmd)}", flush=True)
         status = status or subprocess.call(cmd)
     return status

@@ -52,6 +52,8 @@ def parse_duration(text: str, steps_per_epoch: int, what: str = "duration") -> i
 
 @dataclass
 class DatasetHparams:
+    """What a run trains on: the dataset, the minibatch size and the training augmentation."""
+
     dataset: str = _help("dataset name (see `sparse-lottery imp --list`)", default="mnist1d")
     batch_size: int = _help("minibatch size (global, over all ranks)", default=100)
     augmentation: str = _help(
@@ -62,11 +64,15 @@ class DatasetHparams:
 
 @dataclass
 class ModelHparams:
+    """The architecture (a name of `sparse_lottery.models.MODELS`)."""
+
     model: str = _help("model name (see `sparse-lottery imp --list`)", default="mnist1d_mlp")
 
 
 @dataclass
 class TrainingHparams:
+    """How each level trains: optimiser, learning-rate schedule, length and the three seeds."""
+
     optimizer: str = _help(f"one of {OPTIMIZERS}", default="adam")
     lr: float = _help("base learning rate", default=2e-2)
     momentum: float = _help("SGD momentum", default=0.0)
@@ -84,6 +90,9 @@ class TrainingHparams:
 
 @dataclass
 class PruningHparams:
+    """How each level prunes (method, fractions, per-layer rates, exclusions) and where it
+    rewinds to."""
+
     prune_method: str = _help(f"one of {PRUNE_METHODS}", default="layerwise_magnitude")
     prune_fraction: float = _help(
         "fraction of the surviving weights removed per level", default=0.2
@@ -121,7 +130,12 @@ class Experiment:
 
     def validate(self) -> "Experiment":
         """Raise ValueError naming the flag for values no run can use; return self."""
-        t, p = self.training, self.pruning
+        from .. import data, models  # the registries (imported here: they import torch)
+
+        d, t, p = self.dataset, self.training, self.pruning
+        _choice("--dataset", d.dataset, tuple(data.DATASETS))
+        _choice("--augmentation", d.augmentation, ("default", "none", *data.AUGMENTATIONS))
+        _choice("--model", self.model.model, tuple(models.MODELS))
         _choice("--optimizer", t.optimizer, OPTIMIZERS)
         _choice("--schedule", t.schedule, SCHEDULES)
         _choice("--prune-method", p.prune_method, PRUNE_METHODS)
@@ -131,6 +145,8 @@ class Experiment:
             parse_duration(value, 1, flag)
         for milestone in filter(None, t.milestones.split(",")):
             parse_duration(milestone, 1, "--milestones")
+        if parse_duration(t.steps, 1, "--steps") == 0:
+            raise ValueError(f"--steps: expected at least one iteration, got {t.steps!r}")
         if t.lr <= 0:
             raise ValueError(f"--lr: expected a positive learning rate, got {t.lr}")
         if self.dataset.batch_size < 1:
@@ -150,6 +166,7 @@ class Experiment:
         return self
 
     def to_dict(self) -> dict:
+        """{section: {field: value}} of every field (the inverse of `from_dict`)."""
         return dataclasses.asdict(self)
 
     @classmethod

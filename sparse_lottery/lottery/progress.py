@@ -16,6 +16,10 @@ log = logging.getLogger("sparse_lottery")
 
 
 class Progress:
+    """`total` steps of work named `label`, `start` of them done before (a resumed run); shown
+    on stderr when `enabled`: redrawn at most 5 times a second on a terminal, else logged every
+    `every_s` seconds."""
+
     def __init__(self, total: int, label: str, start: int = 0, enabled: bool = True,
                  every_s: float = 10.0) -> None:  # fmt: skip
         self.total, self.label, self.done, self.first = total, label, start, start
@@ -25,6 +29,7 @@ class Progress:
         self.info: dict[str, float] = {}
 
     def update(self, n: int = 1, **info: float) -> None:
+        """`n` more steps done; `info` (e.g. loss=0.5) is shown after the rate and ETA."""
         self.done += n
         self.info.update(info)
         now = time.perf_counter()
@@ -34,6 +39,7 @@ class Progress:
         self._show(now)
 
     def line(self, now: float | None = None) -> str:
+        """The progress text: label, count, percent, rate, ETA and the latest info."""
         now = time.perf_counter() if now is None else now
         rate = (self.done - self.first) / max(now - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
@@ -52,6 +58,7 @@ class Progress:
             log.info("%s", self.line(now))
 
     def close(self) -> None:
+        """Show the final state (and end the terminal line)."""
         if not self.enabled:
             return
         if self.tty:

@@ -26,6 +26,7 @@ def collect(root: str | Path) -> list[dict]:
     experiments = []
     for config_path in sorted(Path(root).glob("lottery_*/config.json")):
         folder = config_path.parent
+        config = json.loads(config_path.read_text())
         rows = []
         for summary_path in sorted(folder.glob("replicate_*/level_*/**/summary.json")):
             rel = summary_path.relative_to(folder).parts
@@ -33,12 +34,23 @@ def collect(root: str | Path) -> list[dict]:
                 continue  # an analysis's training (stability copies, rewind points)
             replicate = int(rel[0].removeprefix("replicate_"))
             level = int(rel[1].removeprefix("level_"))
-            method = "ticket" if len(rel) == 3 else rel[2].removeprefix("branch_").rsplit("_", 1)[0]
             summary = json.loads(summary_path.read_text())
+            method = "ticket"
+            if len(rel) == 4:
+                kind = rel[2].removeprefix("branch_").rsplit("_", 1)[0]
+                method = _method(kind, summary.get("experiment", {}), config.get("experiment"))
             rows.append({"replicate": replicate, "level": level, "method": method, **summary})
-        experiments.append({"name": folder.name, "config": json.loads(config_path.read_text()),
-                            "rows": rows})  # fmt: skip
+        experiments.append({"name": folder.name, "config": config, "rows": rows})
     return experiments
+
+
+def _method(kind: str, branch: dict, run: dict | None) -> str:
+    """A branch's method name: its kind, and the training or data settings that differ from the
+    run's ("retrain (lr=0.5)"), so that branches with other settings are not pooled as one."""
+    changed = [f"{k}={v}" for section in ("dataset", "training")
+               for k, v in branch.get(section, {}).items()
+               if run is not None and v != run.get(section, {}).get(k)]  # fmt: skip
+    return f"{kind} ({', '.join(changed)})" if changed else kind
 
 
 def _spread(values: list[float]) -> tuple[float, float, float]:

@@ -5,14 +5,17 @@ Layout (open_lth's):
     <root>/lottery_<hash>/config.json                  the resolved hyperparameters
     <root>/lottery_<hash>/replicate_<r>/init.ckpt      θ0
     <root>/lottery_<hash>/replicate_<r>/rewind.ckpt    θk (rewinding to iteration k > 0)
-    <root>/lottery_<hash>/replicate_<r>/level_<L>/     mask.ckpt (packed), checkpoint.ckpt
-        (while training), execution.json, metrics.jsonl/.csv, final.ckpt, summary.json
+    <root>/lottery_<hash>/replicate_<r>/level_<L>/     mask.ckpt (packed; none at the dense
+        level 0), config.json (the level's resolved hyperparameters and iterations),
+        checkpoint.ckpt (while training), execution.json, metrics.jsonl/.csv, final.ckpt,
+        summary.json
     .../level_<L>/branch_<kind>_<hash>/                 a branch, with the same files
 
 Level L ≥ 1 prunes level L−1's trained weights (`sparse_lottery.prune`), then trains from the
 rewind point: θ0 ("init"), θk with the schedule and data order at k ("step"), or level L−1's
 trained weights with the schedule rewound to k ("lr") or held at its final learning rate
-("none": fine-tuning). A step whose `summary.json` exists is skipped, a killed one resumes.
+("none": fine-tuning). A finished step (its `summary.json` and `final.ckpt` there) is skipped, a
+killed one resumes, and one whose files were deleted is redone.
 
 Example:
     >>> from sparse_lottery.lottery import Experiment, Runtime, run_imp
@@ -20,6 +23,7 @@ Example:
 """
 
 import dataclasses
+import fnmatch
 import json
 import logging
 from pathlib import Path
@@ -32,7 +36,14 @@ from ..model import _masked_layers, _param_name, density, load_masks, masks, spa
 from ..ops import pack_mask, unpack_mask
 from ..pruning import prune
 from . import checkpoint, distributed
-from .hparams import Experiment, TrainingHparams, parse_duration, parse_rates, seeds
+from .hparams import (
+    DatasetHparams,
+    Experiment,
+    TrainingHparams,
+    parse_duration,
+    parse_rates,
+    seeds,
+)
 from .schedule import learning_rate
 from .trainer import Data, Runtime, Segment, train_segment
 
@@ -61,11 +72,44 @@ class Run:
                 f"--rewind-step: {exp.pruning.rewind_step} ({self.k} it) is not before the end of "
                 f"training ({exp.training.steps} = {self.total} it)"
             )
+        self._check_layer_globs()
         self._write_config()
+
+    def _check_layer_globs(self) -> None:
+        """--prune-rates and --prune-exclude name layers of the model (checked before any
+        training, on a model without storage)."""
+        p = self.exp.pruning
+        globs = {
+            "--prune-rates": list(parse_rates(p.prune_rates)),
+            "--prune-exclude": [g.strip() for g in p.prune_exclude.split(",") if g.strip()],
+        }
+        if not any(globs.values()):
+            return
+        with torch.device("meta"):
+            names = [n for n, _ in _masked_layers(self.build(0))]
+        for flag, patterns in globs.items():
+            for pattern in patterns:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise ValueError(
+                        f"{flag}: {pattern!r} matches no prunable layer of "
+                        f"{self.exp.model.model}; its layers are {names}"
+                    )
 
     # ------------------------------------------------------------------ paths and files
     def level_dir(self, level: int) -> Path:
+        """The folder of IMP level `level` of this replicate."""
         return self.dir / f"level_{level}"
+
+    def _finished(self, directory: Path, level: int | None = None) -> dict | None:
+        """The summary of the step trained in `directory` if it is finished and its files are
+        all there (for level 0 when rewinding to a step, the rewind point too); else None."""
+        done = directory / "summary.json"
+        if not (done.exists() and (directory / "final.ckpt").exists()):
+            return None
+        rewind = self.exp.pruning.rewind == "step" and self.k > 0
+        if level == 0 and rewind and not (self.dir / "rewind.ckpt").exists():
+            return None
+        return json.loads(done.read_text())
 
     def _write_config(self) -> None:
         config = {"hash": self.tag, "non_default": self.exp.non_default(),
@@ -92,6 +136,8 @@ class Run:
         return sparsify(model)
 
     def weights(self, path: Path, kind: str, model: nn.Module) -> dict:
+        """The state dict saved at `path` as `kind` for this experiment and `model`'s
+        architecture (`CheckpointError` if it belongs to another one or is corrupt)."""
         return checkpoint.load(path, self.tag, kind, checkpoint.model_signature(model))
 
     def init_weights(self, model: nn.Module) -> dict:
@@ -118,6 +164,7 @@ class Run:
         distributed.barrier()
 
     def load_saved_masks(self, path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The boolean masks `save_masks` wrote at `path` (for `model`'s architecture)."""
         state = self.weights(path, "mask", model)
         return {k: unpack_mask(p, state["shapes"][k]) for k, p in state["packed"].items()}
 
@@ -125,9 +172,9 @@ class Run:
     def level(self, level: int) -> dict:
         """Run level `level` (its predecessors first, if needed); returns its summary."""
         directory = self.level_dir(level)
-        done = directory / "summary.json"
-        if done.exists():
-            return json.loads(done.read_text())
+        done = self._finished(directory, level)
+        if done is not None:
+            return done
         if level > 0:
             self.level(level - 1)
         model, level_masks, start, fixed_lr, state = self._prepare(level)
@@ -156,8 +203,7 @@ class Run:
         path = self.level_dir(level) / "mask.ckpt"
         if path.exists():
             return self.load_saved_masks(path, model)
-        prev = self.level_dir(level - 1) / "final.ckpt"
-        model.load_state_dict(self.weights(prev, "final", model))
+        model.load_state_dict(self.trained_weights(level - 1, model))
         p = self.exp.pruning
         rates = parse_rates(p.prune_rates)
         if p.prune_output_fraction != -1.0:
@@ -171,6 +217,11 @@ class Run:
         self.save_masks(path, model, pruned)
         return pruned
 
+    def trained_weights(self, level: int, model: nn.Module) -> dict:
+        """Level `level`'s trained weights (the level trained first if they are missing)."""
+        self.level(level)
+        return self.weights(self.level_dir(level) / "final.ckpt", "final", model)
+
     def start_point(self, level: int, model: nn.Module) -> tuple[int, float | None, dict]:
         """(first iteration, fixed learning rate or None, weights) of a level."""
         rewind = self.exp.pruning.rewind
@@ -181,8 +232,9 @@ class Run:
         if rewind == "step":
             if self.k == 0:
                 return 0, None, self.init_weights(model)
+            self.level(0)  # θk is saved by level 0's training: redone if the file is gone
             return self.k, None, self.weights(self.dir / "rewind.ckpt", "rewind", model)
-        trained = self.weights(self.level_dir(level - 1) / "final.ckpt", "final", model)
+        trained = self.trained_weights(level - 1, model)
         if rewind == "lr":
             return self.k, None, trained
         final_lr = learning_rate(self.exp.training, self.total - 1, self.total,
@@ -191,24 +243,40 @@ class Run:
 
     # ------------------------------------------------------------------ branches
     def branch(self, level: int, kind: str, training: TrainingHparams | None = None,
-               seed: int = 0) -> dict:  # fmt: skip
+               seed: int = 0, dataset: DatasetHparams | None = None) -> dict:  # fmt: skip
         """Train a branch of finished level `level`:
 
         - "reinit": the level's mask, weights freshly initialised (seed `seed`): the random
           reinitialisation baseline;
         - "random_prune": a random mask with the level's per-layer densities, the level's start
           weights: the random-pruning baseline;
-        - "retrain": the level's mask and start weights, trained with `training` instead.
+        - "retrain": the level's mask and start weights, trained with `training` and/or on
+          `dataset` instead (its samples and classes must fit the model; to move a ticket to
+          another head, see `sparse_lottery.analysis.transfer`). With rewinding "none" it
+          fine-tunes at the final learning rate of `training`'s schedule.
         """
         if kind not in BRANCHES:
             raise ValueError(f"kind: expected one of {list(BRANCHES)}, got {kind!r}")
-        if kind == "retrain" and training is None:
-            raise ValueError("training: 'retrain' needs the training hyperparameters to use")
+        changed = training is not None or dataset is not None
+        if (kind == "retrain") != changed:
+            raise ValueError(
+                "training, dataset: a 'retrain' branch needs the hyperparameters to change, "
+                f"the other kinds take none; got kind {kind!r} with "
+                f"{'changes' if changed else 'none'}"
+            )
+        exp = dataclasses.replace(self.exp, training=training or self.exp.training,
+                                  dataset=dataset or self.exp.dataset).validate()  # fmt: skip
+        if seeds(exp.training, self.replicate)["init"] != self.seeds["init"]:
+            raise ValueError(
+                "init_seed: a retrain branch starts from the level's weights, drawn from the "
+                "experiment's init seed; for new initial weights use kind 'reinit' and its seed"
+            )
         self.level(level)
-        exp = self.exp if training is None else dataclasses.replace(self.exp, training=training)
-        directory = self.branch_dir(level, kind, training, seed)
-        if (directory / "summary.json").exists():
-            return json.loads((directory / "summary.json").read_text())
+        directory = self.branch_dir(level, kind, training, seed, dataset)
+        done = self._finished(directory)
+        if done is not None:
+            return done
+        data = self.data if dataset is None else self._branch_data(exp)
         model, level_masks, start, fixed_lr, state = self._prepare(level)
         if kind == "reinit":
             start, fixed_lr = 0, None
@@ -218,19 +286,37 @@ class Run:
             level_masks = self._random_masks(model, level_masks, seed, level)
         load_masks(model, level_masks)
         total = self.total
-        if training is not None:
-            total = parse_duration(training.steps, self.data.steps_per_epoch, "--steps")
+        if changed:
+            spe = data.steps_per_epoch
+            total = parse_duration(exp.training.steps, spe, "--steps")
             start = min(start, total - 1)
-        seg = Segment(directory, self.tag, exp, self.seeds, start, total, total, fixed_lr)
-        summary = train_segment(model.to(self.device), seg, self.data, self.runtime, self.device)
-        return summary
+            if fixed_lr is not None:  # fine-tuning: the branch schedule's final rate
+                fixed_lr = learning_rate(exp.training, total - 1, total, spe)
+        seg = Segment(directory, self.tag, exp, seeds(exp.training, self.replicate), start,
+                      total, total, fixed_lr)  # fmt: skip
+        return train_segment(model.to(self.device), seg, data, self.runtime, self.device)
+
+    def _branch_data(self, exp: Experiment) -> Data:
+        """The data of a branch that trains on another dataset, checked to fit the model."""
+        data = Data(exp, self.runtime)
+        ours, theirs = self.data.train, data.train
+        if (ours.input_shape, ours.num_classes) != (theirs.input_shape, theirs.num_classes):
+            raise ValueError(
+                f"dataset: {exp.dataset.dataset!r} has samples of shape {theirs.input_shape} in "
+                f"{theirs.num_classes} classes; the level's model takes {ours.input_shape} in "
+                f"{ours.num_classes} (`sparse-lottery transfer` moves a ticket to a new head)"
+            )
+        return data
 
     def branch_dir(self, level: int, kind: str, training: TrainingHparams | None = None,
-                   seed: int = 0) -> Path:  # fmt: skip
-        """The folder of a branch (see `branch`): named by its kind, seed and training changes."""
+                   seed: int = 0, dataset: DatasetHparams | None = None) -> Path:  # fmt: skip
+        """The folder of a branch (see `branch`): named by its kind, seed and the changes of
+        training and data."""
         settings = {"kind": kind, "seed": seed}
         if training is not None:
             settings["training"] = Experiment(training=training).non_default().get("training", {})
+        if dataset is not None:
+            settings["dataset"] = dataclasses.asdict(dataset)
         return self.level_dir(level) / f"branch_{kind}_{Experiment().hash(settings)}"
 
     def reinit_weights(self, seed: int = 0) -> dict:
@@ -256,6 +342,31 @@ def _glob(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
+def train(exp: Experiment, runtime: Runtime, replicate: int = 0) -> dict:
+    """Train the dense network: level 0 of `exp` (an IMP run of the same experiment reuses it);
+    returns its summary (test accuracy, early-stopping iteration, seconds, ...).
+
+    Example:
+        >>> summary = train(Experiment(), Runtime(root="/tmp/runs"))  # doctest: +SKIP
+        >>> summary["test_accuracy"]  # doctest: +SKIP
+        0.65
+    """
+    return Run(exp, runtime, replicate).level(0)
+
+
+def branch(exp: Experiment, runtime: Runtime, level: int, kind: str,
+           training: TrainingHparams | None = None, seed: int = 0,
+           dataset: DatasetHparams | None = None, replicate: int = 0) -> dict:  # fmt: skip
+    """Train branch `kind` ("reinit", "random_prune" or "retrain") of IMP level `level` of
+    `exp` (the levels up to it first, if needed); returns its summary. See `Run.branch`.
+
+    Example:
+        >>> fast = dataclasses.replace(Experiment().training, lr=0.002)
+        >>> summary = branch(Experiment(), Runtime(), 2, "retrain", fast)  # doctest: +SKIP
+    """
+    return Run(exp, runtime, replicate).branch(level, kind, training, seed, dataset)
+
+
 def run_imp(exp: Experiment, runtime: Runtime, levels: int, replicate: int = 0,
             baselines: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
     """Levels 0..`levels` of IMP for one replicate (and each baseline branch — "reinit",
@@ -272,4 +383,4 @@ def run_imp(exp: Experiment, runtime: Runtime, levels: int, replicate: int = 0,
     return rows
 
 
-__all__ = ["Run", "run_imp", "BRANCHES"]
+__all__ = ["Run", "train", "run_imp", "branch", "BRANCHES"]

@@ -47,7 +47,7 @@ class Runtime:
     root: str = field(default="runs", metadata={"help": "folder of all experiments"})
     data_dir: str = field(default="data", metadata={"help": "where datasets are looked for"})
     download: bool = field(default=False, metadata={"help": "download missing datasets"})
-    device: str = field(default="", metadata={"help": "torch device (default: cuda if any)"})
+    device: str = field(default="", metadata={"help": "torch device; '' for cuda if any, else cpu"})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: torch's default)"})
     eval_every: str = field(default="1ep", metadata={"help": "evaluate every '<n>it'/'<n>ep'"})
     checkpoint_every: str = field(
@@ -74,8 +74,11 @@ class Runtime:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        _choice("--execution", self.execution, ("auto", "dense", "sparse"))
         _choice("--precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("--channels-last", self.channels_last, ("auto", "on", "off"))
+        parse_duration(self.eval_every, 1, "--eval-every")
+        _checkpoint_cadence(self.checkpoint_every, 1)
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Data:
         return self._order[2][b * self.batch_size : (b + 1) * self.batch_size]
 
     def minibatch(self, step: int, seeds: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of iteration `step` for this rank, augmented, on `device`."""
         rank, size = distributed.world()
         index = self.indices(step, seeds["data"])[rank::size]
         x, y = self.train.batch(index, device)
@@ -182,6 +186,11 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
     plan_path = directory / "execution.json"
     ckpt_path = directory / "checkpoint.ckpt"
     resume = ckpt_path.exists()
+    if main:  # the resolved hyperparameters of this folder (a branch's differ from the run's)
+        checkpoint.atomic_write_json(directory / "config.json", {
+            "hash": seg.tag, "experiment": exp.to_dict(), "seeds": seg.seeds,
+            "iterations": [seg.start, seg.end], "total": seg.total, "fixed_lr": seg.fixed_lr,
+        })  # fmt: skip
     if resume and plan_path.exists():
         plan = json.loads(plan_path.read_text())
         set_execution(model, plan)
@@ -286,6 +295,8 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
 
 
 def summarise(model: nn.Module, metrics: list, seconds: float, plan: dict, seg: Segment) -> dict:
+    """A trained segment's `summary.json`: densities, final and best test accuracy, the
+    early-stopping iteration (lowest test loss), training seconds, execution plan, settings."""
     best = min(metrics, key=lambda m: m["test_loss"]) if metrics else {}
     return {
         "density": density(model),
@@ -360,7 +371,13 @@ def _checkpoint_cadence(text: str, steps_per_epoch: int) -> tuple[float, int]:
     value = str(text).strip()
     if value.endswith("s") and value[:-1].strip().replace(".", "", 1).isdigit():
         return float(value[:-1]), 0
-    return 0.0, max(1, parse_duration(value, steps_per_epoch, "--checkpoint-every"))
+    try:
+        return 0.0, max(1, parse_duration(value, steps_per_epoch))
+    except ValueError:
+        raise ValueError(
+            f"--checkpoint-every: expected '<n>s', '<n>it' or '<n>ep' (e.g. '60s', '500it', "
+            f"'1ep'), got {text!r}"
+        ) from None
 
 
 def _autocast(runtime: Runtime, device: torch.device):
