@@ -108,14 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
         "what was expected, what came)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+        parser.commands[name] = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(parser.commands[name])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sparse-lottery` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
@@ -126,9 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Exception, SystemExit) as error:
         if args.traceback or not _bad_input(error):
             raise
-        message = error.code if isinstance(error, SystemExit) else error
+        message = str(error.code if isinstance(error, SystemExit) else error)
+        message = _named_by_flag(message, parser.commands[args.command])
         print(f"sparse-lottery {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _named_by_flag(message: str, parser: argparse.ArgumentParser) -> str:
+    """`message` with a leading Python argument name ("k_list: ...", from the function the
+    command called) replaced by the command's flag that sets it ("--k: ...")."""
+    name, sep, rest = message.partition(":")
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+    flag = flags.get(name) or flags.get(name.removesuffix("_list"))
+    return f"{flag}{sep}{rest}" if sep and flag else message
 
 
 def _bad_input(error: BaseException) -> bool:
@@ -139,7 +152,8 @@ def _bad_input(error: BaseException) -> bool:
 
     if isinstance(error, SystemExit):
         return isinstance(error.code, str)
-    return isinstance(error, ValueError | FileNotFoundError | CheckpointError)
+    paths = FileNotFoundError | NotADirectoryError | IsADirectoryError | FileExistsError
+    return isinstance(error, ValueError | CheckpointError | paths | PermissionError)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ def set_execution(
         bad = {k: v for k, v in plan.items() if v not in ("dense", "sparse")}
         if bad:
             raise ValueError(f"mode: a plan maps layer names to 'dense' or 'sparse', got {bad}")
+        layers = [n for n, m in model.named_modules()
+                  if isinstance(m, _SparseWeight) or type(m) in SPARSE_TYPES]  # fmt: skip
+        unknown = sorted(set(plan) - set(layers))
+        if unknown:
+            raise ValueError(
+                f"mode: the plan names {unknown}, not masked layers of the model ({layers})"
+            )
     elif mode not in MODES:
         raise ValueError(f"mode: expected one of {list(MODES)} or a plan dict, got {mode!r}")
     if not isinstance(batch, int) or batch < 1:

@@ -31,6 +31,23 @@ Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 
 
 # --------------------------------------------------------------------------- helpers
+def check_globs(argument: str, selector: Selector, names: list[str]) -> None:
+    """Each glob of a str or list `selector` must match one of `names` (a typo would otherwise
+    select nothing, silently); callables are not checked."""
+    if selector is None or callable(selector):
+        return
+    if not isinstance(selector, str | Iterable):
+        raise TypeError(
+            f"{argument}: expected a glob, a list of globs or a callable, got {selector!r}"
+        )
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"{argument}: expected globs (str), got {pattern!r}")
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ValueError(f"{argument}: {pattern!r} matches no layer; the layers are {names}")
+
+
 def _matches(selector: Selector, name: str, module: nn.Module, default: bool) -> bool:
     if selector is None:
         return default
@@ -99,6 +116,13 @@ def sparsify(model: nn.Module, include: Selector = None, exclude: Selector = Non
         >>> sl.sparsify(torch.nn.Linear(3, 2))
         MaskedLinear(in_features=3, out_features=2, bias=True, density=1.0000)
     """
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    names = [n for n, m in model.named_modules()
+             if type(m) in MASKED_TYPES or isinstance(m, _MaskedMixin | _SparseWeight)]  # fmt: skip
+    check_globs("include", include, names)
+    check_globs("exclude", exclude, names)
 
     def convert(name, module):
         masked_cls = MASKED_TYPES.get(type(module))

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import ops
 from ._mask_format import count_kept
-from .model import Selector, _masked_layers, _matches
+from .model import Selector, _masked_layers, _matches, check_globs
 
 METHODS = {
     "global_magnitude": ("magnitude", "global"),
@@ -39,6 +39,16 @@ class PruneReport:
 
 
 @torch.no_grad()
+def _check_amount(name: str, amount) -> None:
+    """A fraction in [0, 1] (float) or a count ≥ 0 (int)."""
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        raise TypeError(f"{name}: expected a float fraction or an int count, got {amount!r}")
+    if isinstance(amount, float) and not 0.0 <= amount <= 1.0:
+        raise ValueError(f"{name}: expected a fraction in [0, 1], got {amount}")
+    if isinstance(amount, int) and amount < 0:
+        raise ValueError(f"{name}: expected a count >= 0, got {amount}")
+
+
 def prune(
     model: nn.Module,
     amount: float | int,
@@ -76,10 +86,17 @@ def prune(
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    _check_amount("amount", amount)
+    for pattern, rate in (rates or {}).items():
+        _check_amount(f"rates[{pattern!r}]", rate)
     criterion, scope = METHODS[method]
     layers = dict(_masked_layers(model))
     if not layers:
-        raise ValueError("model: has no masked layers (call sparse_lottery.sparsify first)")
+        raise ValueError(
+            "model: has no masked layers (sparse_lottery.sparsify converts its nn.Linear, "
+            "nn.Conv1d and nn.Conv2d modules: call it first, and check its include/exclude)"
+        )
+    check_globs("exclude", exclude, list(layers))
     excluded = {n for n, layer in layers.items() if _matches(exclude, n, layer, False)}
     overrides: dict[str, float | int] = {}
     for pattern, rate in (rates or {}).items():

@@ -214,7 +214,7 @@ def test_errors_name_the_argument(tmp_path, data_dir, capsys):
         ("--replicates", "0,x"): "--replicates: expected distinct replicate numbers",
         ("--levels", "0"): "--levels: expected a positive int, got 0",
         ("--ps", "0,2"): r"--ps: expected fractions in \(0, 1\]",
-        ("--k", "10it"): r"finetune: error: k: expected a rewind point in \[1, 10\).*got '10it'",
+        ("--k", "10it"): r"finetune: error: --k: expected a rewind point in \[1, 10\).*got '10it'",
         ("--k", "3ms"): "k: expected '<n>it' or '<n>ep'",
     }
     for (flag, value), message in bad.items():

@@ -453,10 +453,13 @@ BAD_INPUT = [
     (["--execution", "fast"], r"--execution: expected one of \['auto', 'dense', 'sparse'\]"),
     (["--precision", "fp8"], r"--precision: expected one of"),
     (["--checkpoint-every", "5x"], r"--checkpoint-every: expected '<n>s', '<n>it' or '<n>ep'"),
-    (["--prune-rates", "fc9=0.1"], r"--prune-rates: 'fc9' matches no prunable layer of "
-                                   r"mnist1d_mlp; its layers are \['fc1', 'fc2', 'fc3'\]"),
-    (["--prune-exclude", "conv*"], r"--prune-exclude: 'conv\*' matches no prunable layer"),
+    (["--prune-rates", "fc9=0.1"], r"--prune-rates: 'fc9' matches no layer; the layers are "
+                                   r"\['fc1', 'fc2', 'fc3'\]"),
+    (["--prune-exclude", "conv*"], r"--prune-exclude: 'conv\*' matches no layer"),
     (["--dataset", "mnist", "--model", "lenet_300_100"], r"mnist.*(--download|download)"),
+    (["--device", "bogus"], r"--device: expected a torch device \('cpu', 'cuda', 'cuda:1'\)"),
+    (["--device", "cuda:7"], r"--device: 'cuda:7' asked for, but this process sees \d CUDA"),
+    (["--root", "/dev/null"], r"Not a directory: '/dev/null/lottery_"),
 ]  # fmt: skip
 
 

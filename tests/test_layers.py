@@ -333,6 +333,17 @@ def test_state_dict_round_trip_loads_mask():
     # The mask key is required (strict), and a plain layer's state dict lacks it.
     with pytest.raises(RuntimeError, match="weight_mask_packed"):
         dst.load_state_dict({"weight": src.weight, "bias": src.bias})
+    # A loaded mask must be one pack_mask makes: uint8, its shape, padding bits clear (with
+    # them set, a pruned layer could count as full and run the unmasked product).
+    state = src.state_dict()
+    for bad, message in [
+        (state["weight_mask_packed"].float(), "expected a packed mask .*got torch.float32"),
+        (state["weight_mask_packed"][:, :-1], r"expected a packed mask .*of shape \["),
+        (torch.full_like(state["weight_mask_packed"], 255), "has padding bits set"),
+    ]:
+        with pytest.raises(ValueError, match=f"weight_mask_packed: {message}"):
+            dst.load_state_dict({**state, "weight_mask_packed": bad})
+    assert torch.equal(dst.mask, mask)  # unchanged by the refused loads
 
 
 # --------------------------------------------------------------------------- torch.compile

@@ -77,12 +77,42 @@ def test_sparsify_converts_in_place_keeping_weights_and_keys():
             lambda name, m: m.weight.numel() > 100,
             ["features.0", "features.2", "conv1d", "fc2"],
         ),
-        ("nothing", None, []),
     ],
 )
 def test_sparsify_include_exclude(include, exclude, expected):
     model = sl.sparsify(make_net(), include=include, exclude=exclude)
     assert masked_names(model) == expected
+
+
+def test_selectors_and_plans_that_match_nothing_are_refused():
+    """A glob or plan entry that names no layer is a typo: refused with the layers there are,
+    instead of silently selecting nothing. Amounts name their argument."""
+    net = make_net()
+    with pytest.raises(ValueError, match=r"include: 'fc9' matches no layer; the layers are \["):
+        sl.sparsify(net, include=["fc1", "fc9"])
+    with pytest.raises(ValueError, match="exclude: 'nothing' matches no layer"):
+        sl.sparsify(net, exclude="nothing")
+    with pytest.raises(TypeError, match="exclude: expected a glob, a list of globs or a callable"):
+        sl.sparsify(net, exclude=2)
+    with pytest.raises(TypeError, match="model: expected a torch.nn.Module, got str"):
+        sl.sparsify("net")
+    assert masked_names(net) == []  # nothing converted by the refused calls
+    model = sl.sparsify(net)
+    assert sl.sparsify(model, include="fc1") is model  # masked layers count as matches
+    with pytest.raises(ValueError, match="exclude: 'fc9' matches no layer"):
+        sl.prune(model, 0.2, exclude="fc9")
+    with pytest.raises(ValueError, match=r"amount: expected a fraction in \[0, 1\], got 1.5"):
+        sl.prune(model, 1.5)
+    with pytest.raises(ValueError, match=r"rates\['fc2'\]: expected a fraction in \[0, 1\]"):
+        sl.prune(model, 0.2, rates={"fc2": 2.0})
+    with pytest.raises(ValueError, match="amount: expected a count >= 0, got -3"):
+        sl.prune(model, -3)
+    assert sl.density(model) == 1.0  # the refused calls pruned nothing
+    with pytest.raises(ValueError, match=r"mode: the plan names \['fc9'\], not masked layers"):
+        sl.set_execution(model, {"fc1": "sparse", "fc9": "sparse"})
+    assert sl.set_execution(model, {"fc1": "sparse"}) == {"fc1": "sparse"}
+    with pytest.raises(ValueError, match="model: has no masked layers"):
+        sl.prune(nn.Sequential(nn.ReLU()), 0.2)
 
 
 def test_sparsify_root_layer_and_shared_modules():

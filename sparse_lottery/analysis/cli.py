@@ -118,9 +118,6 @@ def overlap(args: argparse.Namespace) -> int:
     from .overlap_report import write_overlap
 
     branches = tuple(b.strip() for b in args.branches.split(",") if b.strip())
-    try:
-        out = write_overlap(args.root, args.out, branches, args.include_dense)
-    except FileNotFoundError as e:
-        raise SystemExit(f"overlap: {e}") from e
+    out = write_overlap(args.root, args.out, branches, args.include_dense)
     print(f"wrote {out / 'overlap.md'} and {out / 'overlap.png'}")
     return 0

@@ -80,7 +80,7 @@ def jackpot(args: argparse.Namespace) -> int:
         hp.validate()
     except ValueError as e:
         name = str(e).split(":")[0]
-        raise SystemExit(f"jackpot: {_flag(name)}{str(e)[len(name) :]}") from e
+        raise SystemExit(f"{_flag(name)}{str(e)[len(name) :]}") from e
     done = _on_experiment(
         args,
         lambda exp, runtime: lottery_jackpot(Run(exp, runtime, args.replicate), densities, hp),

@@ -183,6 +183,11 @@ def collect_masks(
         >>> list(masks)  # doctest: +SKIP
         ['L1', 'L1/random_prune', 'L2', 'L2/random_prune']
     """
+    from ..lottery.runner import BRANCHES
+
+    bad = [kind for kind in branches if kind not in BRANCHES]
+    if bad:
+        raise ValueError(f"branches: expected kinds from {list(BRANCHES)}, got {bad}")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: expected a run folder, got {root} (not a folder)")

@@ -23,7 +23,6 @@ Example:
 """
 
 import dataclasses
-import fnmatch
 import json
 import logging
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import models
-from ..model import _masked_layers, _param_name, density, load_masks, masks, sparsify
+from ..model import _masked_layers, _param_name, check_globs, density, load_masks, masks, sparsify
 from ..ops import pack_mask, unpack_mask
 from ..pruning import prune
 from . import checkpoint, distributed
@@ -88,12 +87,7 @@ class Run:
         with torch.device("meta"):
             names = [n for n, _ in _masked_layers(self.build(0))]
         for flag, patterns in globs.items():
-            for pattern in patterns:
-                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                    raise ValueError(
-                        f"{flag}: {pattern!r} matches no prunable layer of "
-                        f"{self.exp.model.model}; its layers are {names}"
-                    )
+            check_globs(flag, patterns, names)
 
     # ------------------------------------------------------------------ paths and files
     def level_dir(self, level: int) -> Path:

@@ -74,11 +74,29 @@ class Runtime:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        _check_device(self.device)
         _choice("--execution", self.execution, ("auto", "dense", "sparse"))
         _choice("--precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("--channels-last", self.channels_last, ("auto", "on", "off"))
         parse_duration(self.eval_every, 1, "--eval-every")
         _checkpoint_cadence(self.checkpoint_every, 1)
+
+
+def _check_device(name: str) -> None:
+    """--device names a device this process can use ('' picks one)."""
+    if not name:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device: expected a torch device ('cpu', 'cuda', 'cuda:1'), got {name!r}"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count or not count:
+            raise ValueError(f"--device: {name!r} asked for, but this process sees {count} "
+                             "CUDA device(s); use --device cpu")  # fmt: skip
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._mask_format import count_kept
+from .._mask_format import count_kept, gemm_view, packed_shape
 from .._sparse_checks import conv2d_output_size
 
 MASK_BUFFER = "weight_mask_packed"
@@ -67,6 +67,24 @@ def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
         return False
     entry = _FULL[key] = (_tracked(_FULL, mask), mask._version, count_kept(mask) == numel)
     return entry[2]
+
+
+def _check_loaded_mask(mask: torch.Tensor, shape: torch.Size, key: str) -> None:
+    """A state dict's packed mask must be what `pack_mask` makes for `shape` (a mask with
+    padding bits set would count weights that do not exist, and could pass for a full one)."""
+    expected = packed_shape(shape)
+    if mask.dtype != torch.uint8 or tuple(mask.shape) != expected:
+        raise ValueError(
+            f"{key}: expected a packed mask (torch.uint8 of shape {list(expected)}, made by "
+            f"sparse_lottery.pack_mask) for a weight of shape {list(shape)}, got "
+            f"{mask.dtype} of shape {list(mask.shape)}"
+        )
+    tail = gemm_view(shape)[1] % 8
+    if tail and not mask.is_meta and mask.numel() and bool((mask[:, -1] >> tail).any()):
+        raise ValueError(
+            f"{key}: has padding bits set (bits {tail}..7 of each row's last byte must be 0): "
+            f"not a mask made by sparse_lottery.pack_mask"
+        )
 
 
 def mask_of(param: torch.Tensor) -> torch.Tensor | None:
@@ -121,8 +139,11 @@ class _MaskedMixin:
         super().__setstate__(state)
         self._register_owner()
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        mask = state_dict.get(prefix + MASK_BUFFER)
+        if isinstance(mask, torch.Tensor):
+            _check_loaded_mask(mask, self.weight.shape, prefix + MASK_BUFFER)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._register_owner()
 
     # ------------------------------------------------------------------ mask access
