@@ -145,6 +145,12 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tu
         model.eval()
         with torch.enable_grad():
             model(example)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as error:
+        what = f"shape {list(example.shape)}" if isinstance(example, torch.Tensor) else "it"
+        raise ValueError(
+            f"example: expected an input batch of the model, but its forward pass on {what} "
+            f"failed: {error}"
+        ) from error
     finally:
         for hook in hooks:
             hook.remove()

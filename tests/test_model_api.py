@@ -111,6 +111,9 @@ def test_selectors_and_plans_that_match_nothing_are_refused():
     with pytest.raises(ValueError, match=r"mode: the plan names \['fc9'\], not masked layers"):
         sl.set_execution(model, {"fc1": "sparse", "fc9": "sparse"})
     assert sl.set_execution(model, {"fc1": "sparse"}) == {"fc1": "sparse"}
+    with pytest.raises(ValueError, match=r"example: expected an input batch of the model, but "
+                       r"its forward pass on shape \[2, 7\] failed"):  # fmt: skip
+        sl.set_execution(model, "auto", example=torch.randn(2, 7))
     with pytest.raises(ValueError, match="model: has no masked layers"):
         sl.prune(nn.Sequential(nn.ReLU()), 0.2)
 

@@ -178,6 +178,9 @@ def test_bad_arguments_name_the_argument(finished, capsys):
     err = cli_error(capsys, ["-q", "transfer", "--target", "mnist1d_shifted", "--levels", "1",
                              "--target-training", "speed=3", *flags])  # fmt: skip
     assert "--target-training: expected 'field=value'" in err
+    err = cli_error(capsys, ["-q", "transfer", "--target", "mnist1d_shifted", "--levels", "1",
+                             "--target-training", "steps=abc", *flags])  # fmt: skip
+    assert "--target-training: --steps: expected '<n>it' or '<n>ep'" in err
     with pytest.raises(SystemExit) as exit_info:
         main(["transfer", "--help"])
     assert exit_info.value.code == 0

@@ -13,6 +13,7 @@ Example:
 """
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..lottery.cli import _on_experiment, add_experiment_arguments, parse_overrides
@@ -75,6 +76,10 @@ def transfer(args: argparse.Namespace) -> int:
         changes = parse_overrides(args.target_training, "--target-training",
                                   training=exp.training)  # fmt: skip
         training = changes.get("training", exp.training)
+        try:
+            dataclasses.replace(exp, training=training).validate()
+        except ValueError as error:
+            raise SystemExit(f"--target-training: {error}") from error
         return run_transfer(Run(exp, runtime, args.replicate), args.target,
                             range(1, args.levels + 1), resets, freezes, baselines,
                             training)  # fmt: skip
