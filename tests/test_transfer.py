@@ -210,3 +210,23 @@ def test_frozen_norm_layers_keep_their_statistics():
     assert torch.equal(model[1].running_mean, stats[0])
     assert torch.equal(model[1].running_var, stats[1])
     assert model[0].weight.grad is None and model[2].weight.grad is not None
+
+
+def test_results_files_keep_the_rows_of_earlier_calls(finished):
+    """A second call into the same folder (same target training) with other resets adds its
+    rows to transfer.json/.md; the earlier trainings' rows stay."""
+    run, target = finished
+    before = json.loads((target.folder / "transfer.json").read_text())["rows"]
+    result = transfer(run, "mnist1d_shifted", [1], resets=["init"], freezes=["frozen"],
+                      baselines=[])  # fmt: skip
+    assert [(r["reset"], r["kind"]) for r in result["rows"]] == [("init", "ticket")]
+    rows = json.loads((target.folder / "transfer.json").read_text())["rows"]
+    key = lambda r: (r["level"], r["kind"], r["reset"], r["freeze"])  # noqa: E731
+    assert [key(r) for r in rows] == [key(r) for r in before[:2]] + [
+        (1, "ticket", "late", "frozen"),
+        (1, "random", "late", "frozen"),
+        (1, "ticket", "init", "frozen"),
+        (1, "ticket", "late", "finetune"),
+        (1, "random", "late", "finetune"),
+    ]
+    assert rows[4] == result["rows"][0]

@@ -111,7 +111,8 @@ def transfer(
     Returns {"source", "target", "steps", "rows", "folder"}, one row per training: "level",
     "kind" (ticket/random/dense), "reset", "freeze", "density" (the source level's),
     "test_accuracy", "best_test_accuracy", "directory". With `write`, also writes
-    transfer.json, .md and .png into the folder.
+    transfer.json, .md and .png into the folder: this call's rows and those of earlier calls
+    into the same folder that it did not repeat.
 
     Example:
         >>> result = transfer(run, "mnist1d_shifted", [1, 2], resets=["late"])  # doctest: +SKIP
@@ -146,8 +147,30 @@ def transfer(
         "folder": str(goal.folder),
     }
     if write and distributed.is_main():
-        write_results(result, goal.folder)
+        write_results(_with_earlier_rows(result, goal.folder / "transfer.json"), goal.folder)
     return result
+
+
+def _with_earlier_rows(result: dict, path: Path) -> dict:
+    """`result` with the rows of the folder's earlier calls that this one did not repeat (other
+    levels, resets, freeze modes or baselines, same target training), so that the folder's
+    files keep every training in it."""
+    if not path.exists():
+        return result
+    key = lambda r: (r["level"], r["kind"], r["reset"], r["freeze"])  # noqa: E731
+    rows = {key(r): r for r in json.loads(path.read_text()).get("rows", [])}
+    rows.update({key(r): r for r in result["rows"]})
+    kinds = {"dense": 0, "ticket": 1, "random": 2}
+    merged = sorted(
+        rows.values(),
+        key=lambda r: (
+            r["level"],
+            FREEZES.index(r["freeze"]),
+            RESETS.index(r["reset"]),
+            kinds[r["kind"]],
+        ),
+    )  # the order of `plan`
+    return {**result, "rows": merged}
 
 
 def _check_levels(levels) -> list[int]:
