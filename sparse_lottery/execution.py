@@ -114,13 +114,27 @@ def set_execution(
             want = mode
         chosen[name] = want
         if want == "sparse" and not is_sparse:
-            return SPARSE_TYPES[type(module)].from_masked(module)
+            return _retiring(module, SPARSE_TYPES[type(module)].from_masked(module), name)
         if want == "dense" and is_sparse:
-            return masked if masked is not None else module.to_masked()
+            return _retiring(module, masked if masked is not None else module.to_masked(), name)
         return None
 
     _replace_modules(model, convert)
     return chosen
+
+
+RETIRED = "_sparse_lottery_retired"  # attribute of a Parameter that a conversion replaced
+
+
+def _retiring(old: nn.Module, new: nn.Module, name: str) -> nn.Module:
+    """`new`, after marking the Parameters of `old` it does not keep (the weight or `values`):
+    the masked optimisers refuse them, since they no longer receive gradients (an optimiser
+    built before `set_execution` would otherwise train nothing, silently)."""
+    kept = {id(p) for p in new.parameters()}
+    for key, param in old.named_parameters():
+        if id(param) not in kept:
+            setattr(param, RETIRED, f"{name}.{key}" if name else key)
+    return new
 
 
 def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple, bool]]:

@@ -30,6 +30,7 @@ from torch.optim import Optimizer
 from torch.optim import optimizer as _torch_optimizer
 
 from . import ops  # noqa: F401  (registers the kernels)
+from .execution import RETIRED
 from .nn.masked import mask_of
 
 _ops = torch.ops.sparse_lottery
@@ -116,6 +117,17 @@ class _MaskedOptimizer(Optimizer):
         raise NotImplementedError
 
 
+def _check_not_retired(p: torch.Tensor) -> None:
+    """A parameter without a gradient must not be one `set_execution` replaced."""
+    name = getattr(p, RETIRED, None)
+    if name is not None:
+        raise RuntimeError(
+            f"params: {name!r} was replaced by set_execution (its layer changed form and trains "
+            f"a new parameter), so this optimiser would never update it; build the optimiser "
+            f"after set_execution"
+        )
+
+
 def _grad(p: torch.Tensor) -> torch.Tensor:
     if p.grad.is_sparse:
         raise TypeError("grad: sparse gradients are not supported by sparse_lottery.optim")
@@ -180,6 +192,7 @@ class SGD(_MaskedOptimizer):
         calls = defaultdict(lambda: ([], [], [], []))  # (device, new buffers) -> lists
         for p in group["params"]:
             if p.grad is None:
+                _check_not_retired(p)
                 continue
             first = False
             if momentum != 0:
@@ -278,6 +291,10 @@ class AdamW(_MaskedOptimizer):
 
     def _step_group(self, group: dict) -> None:
         live = [p for p in group["params"] if p.grad is not None]
+        if len(live) < len(group["params"]):
+            for p in group["params"]:
+                if p.grad is None:
+                    _check_not_retired(p)
         states = [self.state[p] for p in live]
         for p, state in zip(live, states):
             if len(state) == 0:

@@ -275,6 +275,29 @@ def test_zero_grad_as_torch(ours_cls, torch_cls, options):
     assert all(p.grad is None for p in ps)
 
 
+@pytest.mark.parametrize("ours_cls", [sl.optim.SGD, sl.optim.AdamW])
+def test_optimiser_built_before_set_execution_is_refused(ours_cls):
+    """set_execution replaces a layer's trained parameter (weight <-> values); an optimiser
+    holding the old one would silently never update that layer, so its step raises."""
+    model = sl.sparsify(torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                                            torch.nn.Linear(8, 2)))  # fmt: skip
+    model[0].set_mask(torch.rand(8, 16) < 0.2)
+    stale = ours_cls(model.parameters(), lr=0.1)
+    sl.set_execution(model, {"0": "sparse"})
+    model(torch.randn(4, 16)).sum().backward()
+    with pytest.raises(RuntimeError, match="params: '0.weight' was replaced by set_execution"):
+        stale.step()
+    fresh = ours_cls(model.parameters(), lr=0.1)
+    before = model[0].values.detach().clone()
+    fresh.step()
+    assert not torch.equal(model[0].values, before)
+    sl.set_execution(model, "dense")  # back: the sparse form's values are retired in turn
+    fresh.zero_grad()
+    model(torch.randn(4, 16)).sum().backward()
+    with pytest.raises(RuntimeError, match="params: '0.values' was replaced"):
+        fresh.step()
+
+
 def test_mask_of_follows_the_layer():
     layer = sl.nn.MaskedLinear(6, 4)
     assert sl.nn.mask_of(layer.weight) is layer.weight_mask_packed
