@@ -15,6 +15,7 @@ Example:
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -121,6 +122,12 @@ def sparsify(model: nn.Module, include: Selector = None, exclude: Selector = Non
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     names = [n for n, m in model.named_modules()
              if type(m) in MASKED_TYPES or isinstance(m, _MaskedMixin | _SparseWeight)]  # fmt: skip
+    if not names:
+        warnings.warn(
+            f"sparsify: {type(model).__name__} has no nn.Linear, nn.Conv1d or nn.Conv2d module "
+            "(of exactly those types): nothing to convert",
+            stacklevel=2,
+        )
     check_globs("include", include, names)
     check_globs("exclude", exclude, names)
 

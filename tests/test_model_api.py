@@ -114,8 +114,10 @@ def test_selectors_and_plans_that_match_nothing_are_refused():
     with pytest.raises(ValueError, match=r"example: expected an input batch of the model, but "
                        r"its forward pass on shape \[2, 7\] failed"):  # fmt: skip
         sl.set_execution(model, "auto", example=torch.randn(2, 7))
+    with pytest.warns(UserWarning, match="sparsify: Sequential has no nn.Linear, nn.Conv1d"):
+        plain = sl.sparsify(nn.Sequential(nn.ReLU(), nn.Embedding(3, 2)))
     with pytest.raises(ValueError, match="model: has no masked layers"):
-        sl.prune(nn.Sequential(nn.ReLU()), 0.2)
+        sl.prune(plain, 0.2)
 
 
 def test_sparsify_root_layer_and_shared_modules():
