@@ -302,6 +302,12 @@ def test_sparse_linear_layer_state_and_copies():
     for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         torch.testing.assert_close(clone(x), expected)
     fresh = sl.nn.SparseLinear(20, 30)
+    other = torch.rand(30, 20) < 0.2
+    fresh.set_mask(other)  # a state dict of another mask's sparse form is refused, clearly
+    with pytest.raises(ValueError, match=r"values: the state dict holds the sparse form of "
+                       rf"another mask \({layer.values.numel()} stored weights, this layer "
+                       rf"{int(other.sum())}\)"):  # fmt: skip
+        fresh.load_state_dict(layer.state_dict())
     fresh.set_mask(layer.mask)
     fresh.load_state_dict(layer.state_dict())
     torch.testing.assert_close(fresh(x), expected)

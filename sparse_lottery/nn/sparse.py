@@ -56,6 +56,18 @@ class _SparseWeight(nn.Module):
             self.register_buffer(name, tensor)
         self.values = nn.Parameter(layout.values_of(weight.detach().reshape(view)))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        values = state_dict.get(prefix + "values")
+        if isinstance(values, torch.Tensor) and values.shape != self.values.shape:
+            raise ValueError(
+                f"{prefix}values: the state dict holds the sparse form of another mask "
+                f"({values.numel()} stored weights, this layer {self.values.numel()}); load it "
+                f"into a model whose layers have the same masks (sparse_lottery.load_masks, then "
+                f"set_execution), or save and load state dicts in the dense form "
+                f"(set_execution(model, 'dense') before both)"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def layout(self) -> SparseLayout:
         buffers = self._buffers  # read directly: every forward builds the layout
