@@ -163,7 +163,8 @@ def test_evaluate_runs_cpu_chunks_and_matches_one_pass():
     sizes = []
     model.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
     loss, accuracy = evaluate(model, data, "cpu", contextlib.nullcontext)
-    assert eval_chunk("cpu") == 256 and eval_chunk("cuda") == 1000
+    assert eval_chunk("cpu") == 256 and eval_chunk("cuda", (3, 32, 32)) == 1000
+    assert eval_chunk("cpu", (3, 32, 32)) == 64  # images: a conv net's activations fit in cache
     assert sizes == [256, 256, 88]
     with torch.no_grad():
         out = model(data.x)
