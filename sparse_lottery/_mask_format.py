@@ -231,10 +231,15 @@ def check_amounts(amounts, counts: bool, layerwise: bool, tensors: int) -> None:
         scope = "one per tensor, layerwise scope" if layerwise else "global scope"
         raise ValueError(f"amounts: expected {expected} amount(s) ({scope}), got {len(amounts)}")
     for i, a in enumerate(amounts):
-        if counts and not (math.isfinite(a) and a >= 0 and float(a).is_integer()):
-            raise ValueError(f"amounts[{i}]: expected a whole count ≥ 0, got {a}")
-        if not counts and not 0.0 <= a <= 1.0:
-            raise ValueError(f"amounts[{i}]: expected a fraction in [0, 1], got {a}")
+        check_amount(f"amounts[{i}]", a, counts)
+
+
+def check_amount(name: str, a: float, counts: bool) -> None:
+    """A fraction in [0, 1], or with `counts` a whole count ≥ 0; errors name `name`."""
+    if counts and not (math.isfinite(a) and a >= 0 and float(a).is_integer()):
+        raise ValueError(f"{name}: expected a whole count ≥ 0, got {a}")
+    if not counts and not 0.0 <= a <= 1.0:
+        raise ValueError(f"{name}: expected a fraction in [0, 1], got {a}")
 
 
 def check_magnitude_prune(weights, masks, amounts, counts, layerwise) -> None:

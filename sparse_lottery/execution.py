@@ -76,8 +76,7 @@ def set_execution(
         bad = {k: v for k, v in plan.items() if v not in ("dense", "sparse")}
         if bad:
             raise ValueError(f"mode: a plan maps layer names to 'dense' or 'sparse', got {bad}")
-        layers = [n for n, m in model.named_modules()
-                  if isinstance(m, _SparseWeight) or type(m) in SPARSE_TYPES]  # fmt: skip
+        layers = [n for n, m in model.named_modules() if _has_forms(m)]
         unknown = sorted(set(plan) - set(layers))
         if unknown:
             raise ValueError(
@@ -93,9 +92,9 @@ def set_execution(
     chosen: dict[str, str] = {}
 
     def convert(name: str, module: nn.Module) -> nn.Module | None:
-        is_sparse = isinstance(module, _SparseWeight)
-        if not is_sparse and type(module) not in SPARSE_TYPES:
+        if not _has_forms(module):
             return None
+        is_sparse = isinstance(module, _SparseWeight)
         masked = None  # the dense-fused form, made only where it is needed
         if plan is not None and name not in plan:
             return None
@@ -121,6 +120,11 @@ def set_execution(
 
     _replace_modules(model, convert)
     return chosen
+
+
+def _has_forms(module: nn.Module) -> bool:
+    """Whether `set_execution` converts `module`: a masked layer with a sparse form, or one."""
+    return isinstance(module, _SparseWeight) or type(module) in SPARSE_TYPES
 
 
 RETIRED = "_sparse_lottery_retired"  # attribute of a Parameter that a conversion replaced
@@ -152,7 +156,7 @@ def _input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tu
         return hook
 
     for name, module in model.named_modules():
-        if type(module) in SPARSE_TYPES or isinstance(module, _SparseWeight):
+        if _has_forms(module):
             hooks.append(module.register_forward_pre_hook(record(name)))
     training = {m: m.training for m in model.modules()}
     try:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import ops
-from ._mask_format import count_kept
+from ._mask_format import check_amount, count_kept
 from .model import Selector, _masked_layers, _matches, check_globs
 
 METHODS = {
@@ -43,10 +43,7 @@ def _check_amount(name: str, amount) -> None:
     """A fraction in [0, 1] (float) or a count ≥ 0 (int)."""
     if isinstance(amount, bool) or not isinstance(amount, int | float):
         raise TypeError(f"{name}: expected a float fraction or an int count, got {amount!r}")
-    if isinstance(amount, float) and not 0.0 <= amount <= 1.0:
-        raise ValueError(f"{name}: expected a fraction in [0, 1], got {amount}")
-    if isinstance(amount, int) and amount < 0:
-        raise ValueError(f"{name}: expected a count >= 0, got {amount}")
+    check_amount(name, amount, counts=isinstance(amount, int))
 
 
 def prune(

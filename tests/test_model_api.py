@@ -105,7 +105,7 @@ def test_selectors_and_plans_that_match_nothing_are_refused():
         sl.prune(model, 1.5)
     with pytest.raises(ValueError, match=r"rates\['fc2'\]: expected a fraction in \[0, 1\]"):
         sl.prune(model, 0.2, rates={"fc2": 2.0})
-    with pytest.raises(ValueError, match="amount: expected a count >= 0, got -3"):
+    with pytest.raises(ValueError, match="amount: expected a whole count ≥ 0, got -3"):
         sl.prune(model, -3)
     assert sl.density(model) == 1.0  # the refused calls pruned nothing
     with pytest.raises(ValueError, match=r"mode: the plan names \['fc9'\], not masked layers"):

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .. import models
-from ..lottery.hparams import SCHEDULES, TrainingHparams, parse_duration
+from ..lottery.hparams import SCHEDULES, TrainingHparams, parse_duration, parse_globs
 from .jackpot_search import LAYER_DENSITIES, SWAP_SCHEDULES
 
 NORM_STATS = ("frozen", "update")
@@ -98,7 +98,7 @@ def excluded_layers(run, hp: JackpotHparams) -> list[str]:
         >>> excluded_layers(run, JackpotHparams())  # doctest: +SKIP
         ['fc3']
     """
-    exclude = [g.strip() for g in run.exp.pruning.prune_exclude.split(",") if g.strip()]
+    exclude = parse_globs(run.exp.pruning.prune_exclude)
     if not hp.prune_output:
         exclude.append(models.MODELS[run.exp.model.model].output_layer)
     return exclude

@@ -160,17 +160,9 @@ def _with_earlier_rows(result: dict, path: Path) -> dict:
     key = lambda r: (r["level"], r["kind"], r["reset"], r["freeze"])  # noqa: E731
     rows = {key(r): r for r in json.loads(path.read_text()).get("rows", [])}
     rows.update({key(r): r for r in result["rows"]})
-    kinds = {"dense": 0, "ticket": 1, "random": 2}
-    merged = sorted(
-        rows.values(),
-        key=lambda r: (
-            r["level"],
-            FREEZES.index(r["freeze"]),
-            RESETS.index(r["reset"]),
-            kinds[r["kind"]],
-        ),
-    )  # the order of `plan`
-    return {**result, "rows": merged}
+    levels = sorted({level for level, *_ in rows if level > 0})
+    order = {job: i for i, job in enumerate(plan(levels, RESETS, FREEZES, BASELINES))}
+    return {**result, "rows": [rows[job] for job in sorted(rows, key=order.__getitem__)]}
 
 
 def _check_levels(levels) -> list[int]:

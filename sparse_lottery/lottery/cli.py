@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, runner
 from .hparams import SECTIONS, TrainingHparams  # noqa: F401  (doctest)
 from .presets import PRESETS, apply_preset
 from .report import markdown_table
@@ -190,7 +190,7 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """The dense network: level 0 of the experiment (an `imp` with the same flags reuses it)."""
-    done = _on_experiment(args, lambda exp, rt: Run(exp, rt, args.replicate).level(0))
+    done = _on_experiment(args, lambda exp, rt: runner.train(exp, rt, args.replicate))
     if done is not None:
         summary = done[2]
         print(f"test accuracy {summary['test_accuracy']:.4f} after {summary['end_step']} it "

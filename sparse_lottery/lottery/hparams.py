@@ -229,6 +229,16 @@ def parse_rates(text: str) -> dict[str, float]:
     return rates
 
 
+def parse_globs(text: str) -> list[str]:
+    """'fc1, conv*' → ['fc1', 'conv*'] (module-name globs, e.g. --prune-exclude).
+
+    Example:
+        >>> parse_globs("fc1, conv*")
+        ['fc1', 'conv*']
+    """
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
 def seeds(training: TrainingHparams, replicate: int) -> dict[str, int]:
     """The init, data-order and augmentation seeds of a replicate (each -1 field takes the
     replicate number; the three streams stay independent because each seeds its own generator

@@ -40,6 +40,7 @@ from .hparams import (
     Experiment,
     TrainingHparams,
     parse_duration,
+    parse_globs,
     parse_rates,
     seeds,
 )
@@ -80,7 +81,7 @@ class Run:
         p = self.exp.pruning
         globs = {
             "--prune-rates": list(parse_rates(p.prune_rates)),
-            "--prune-exclude": [g.strip() for g in p.prune_exclude.split(",") if g.strip()],
+            "--prune-exclude": parse_globs(p.prune_exclude),
         }
         if not any(globs.values()):
             return
@@ -204,7 +205,7 @@ class Run:
             rates.setdefault(models.MODELS[self.exp.model.model].output_layer,
                              p.prune_output_fraction)  # fmt: skip
         gen = torch.Generator().manual_seed(_PRUNE_SALT + 1_000_003 * self.seeds["init"] + level)
-        exclude = [g.strip() for g in p.prune_exclude.split(",") if g.strip()] or None
+        exclude = parse_globs(p.prune_exclude) or None
         prune(model, p.prune_fraction, p.prune_method, exclude=exclude, rates=rates or None,
               generator=gen)  # fmt: skip
         pruned = masks(model)
