@@ -467,12 +467,8 @@ BAD_INPUT = [
 def test_cli_bad_input_is_one_line_naming_the_flag(flags, message, tmp_path, capsys):
     """Bad input ends the command with status 2 and one line on stderr that names the flag,
     what was expected and what came; nothing is trained and no experiment folder is left."""
-    from sparse_lottery.__main__ import main
-
     common = ["--root", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"),
               "--device", "cpu", "--no-progress"]  # fmt: skip
-    assert main(["-q", "imp", "--levels", "1", *common, *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("sparse-lottery imp: error: ") and err.count("\n") == 1, err
+    err = cli_error(capsys, ["-q", "imp", "--levels", "1", *common, *flags])
     assert re.search(message, err), err
     assert not list((tmp_path / "runs").glob("lottery_*/replicate_*/level_*"))
