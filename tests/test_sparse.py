@@ -324,6 +324,75 @@ def test_sparse_linear_layer_state_and_copies():
     )
 
 
+def _model_of_both_kinds() -> torch.nn.Module:
+    """A masked conv and a masked linear layer with random masks (30% and 10% kept)."""
+    model = sl.sparsify(
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+            torch.nn.Linear(8 * 5 * 7, 5),
+        )
+    )  # fmt: skip
+    model[0].set_mask(torch.rand(8, 3, 3, 3) < 0.3)
+    model[3].set_mask(torch.rand(5, 280) < 0.1)
+    return model
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_state_dicts_load_across_the_two_forms(assign):
+    """A model in sparse execution saves a state dict that a masked model loads (strictly, any
+    mask), and loads a masked model's state dict when the masks are its own."""
+    torch.manual_seed(11)
+    masked = _model_of_both_kinds()
+    x = torch.randn(2, 3, 5, 7)
+    expected = masked(x)
+    sparse = copy.deepcopy(masked)
+    sl.set_execution(sparse, "sparse", example=x)
+    assert [type(sparse[i]).__name__ for i in (0, 3)] == ["SparseConv2d", "SparseLinear"]
+
+    fresh = _model_of_both_kinds()  # other masks, other weights
+    fresh.load_state_dict(sparse.state_dict(), assign=assign)
+    torch.testing.assert_close(fresh(x), expected)
+    for i in (0, 3):
+        assert torch.equal(fresh[i].mask, masked[i].mask)
+        assert torch.equal(fresh[i].weight, masked[i].weight * masked[i].mask)
+
+    with torch.no_grad():
+        for p in sparse.parameters():
+            p.zero_()
+    sparse.load_state_dict(masked.state_dict(), assign=assign)
+    torch.testing.assert_close(sparse(x), expected)
+    sl.set_execution(sparse, "dense")
+    for i in (0, 3):
+        assert torch.equal(sparse[i].weight, masked[i].weight * masked[i].mask)
+
+
+def test_state_dicts_across_forms_refuse_what_does_not_fit():
+    torch.manual_seed(12)
+    masked = _model_of_both_kinds()
+    sparse = copy.deepcopy(masked)
+    sl.set_execution(sparse, "sparse", example=torch.randn(2, 3, 5, 7))
+    other = _model_of_both_kinds().state_dict()  # other masks
+    with pytest.raises(ValueError, match=r"0.weight_mask_packed: the state dict's mask is not "
+                       r"this sparse layer's \(\d+ weights kept, this layer \d+\); load it into "
+                       r"the model's masked form"):  # fmt: skip
+        sparse.load_state_dict(other)
+    state = sparse.state_dict()
+    bad = {**state, "3.col_indices": state["3.col_indices"] + 1000}
+    with pytest.raises(ValueError, match=r"3.row_offsets: the state dict's sparse layout is not "
+                       r"one that SparseLayout.from_mask makes"):  # fmt: skip
+        masked.load_state_dict(bad)
+    swapped = {**state, "3.col_indices": state["3.col_indices"].flip(0)}  # unsorted rows
+    with pytest.raises(ValueError, match=r"3.row_offsets: the state dict's sparse layout"):
+        masked.load_state_dict(swapped)
+    short = {**state, "3.values": state["3.values"][1:]}
+    with pytest.raises(ValueError, match=r"3.values: expected \d+ stored weights"):
+        masked.load_state_dict(short)
+    wide = sl.sparsify(torch.nn.Linear(281, 5))
+    with pytest.raises(ValueError, match=r"row_offsets: the state dict's sparse form does not "
+                       r"fit this layer: expected the layout of a 5×281 weight"):  # fmt: skip
+        wide.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("3.")})
+
+
 def test_set_mask_keeps_surviving_weights():
     layer = sl.nn.SparseLinear(6, 4)
     before = layer.weight.detach().clone()

@@ -4,7 +4,8 @@ Each layer keeps torch's `weight` and `bias` parameters (same state-dict keys) a
 `weight_mask_packed` (uint8, the packed form made by `sparse_lottery.ops.pack_mask`). `forward`
 calls the fused masked ops, so the output never depends on the stored values of pruned weights
 and their gradients are exactly zero. The mask is a buffer: it follows `.to()`, `state_dict`,
-`deepcopy`, pickling, and DDP's buffer broadcast.
+`deepcopy`, pickling, and DDP's buffer broadcast. A layer also loads the state dict of its
+sparse-execution form (`SparseLinear`/`SparseConv2d`), and they load its.
 
 Example:
     >>> import torch, sparse_lottery as sl
@@ -24,10 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from .._mask_format import count_kept, gemm_view, packed_shape
+from .._mask_format import count_kept
 from .._sparse_checks import conv2d_output_size
-
-MASK_BUFFER = "weight_mask_packed"
+from ._state_forms import MASK_BUFFER, check_loaded_mask, holds_sparse_form, sparse_to_masked
 
 # id of a weight Parameter -> (weak reference to it, weak reference to the masked layer that owns
 # it); an entry leaves when its weight is freed, and neither side is kept alive. A plain dict
@@ -67,24 +67,6 @@ def _keeps_all(mask: torch.Tensor, numel: int) -> bool:
         return False
     entry = _FULL[key] = (_tracked(_FULL, mask), mask._version, count_kept(mask) == numel)
     return entry[2]
-
-
-def _check_loaded_mask(mask: torch.Tensor, shape: torch.Size, key: str) -> None:
-    """A state dict's packed mask must be what `pack_mask` makes for `shape` (a mask with
-    padding bits set would count weights that do not exist, and could pass for a full one)."""
-    expected = packed_shape(shape)
-    if mask.dtype != torch.uint8 or tuple(mask.shape) != expected:
-        raise ValueError(
-            f"{key}: expected a packed mask (torch.uint8 of shape {list(expected)}, made by "
-            f"sparse_lottery.pack_mask) for a weight of shape {list(shape)}, got "
-            f"{mask.dtype} of shape {list(mask.shape)}"
-        )
-    tail = gemm_view(shape)[1] % 8
-    if tail and not mask.is_meta and mask.numel() and bool((mask[:, -1] >> tail).any()):
-        raise ValueError(
-            f"{key}: has padding bits set (bits {tail}..7 of each row's last byte must be 0): "
-            f"not a mask made by sparse_lottery.pack_mask"
-        )
 
 
 def mask_of(param: torch.Tensor) -> torch.Tensor | None:
@@ -140,9 +122,11 @@ class _MaskedMixin:
         self._register_owner()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if holds_sparse_form(state_dict, prefix):
+            sparse_to_masked(state_dict, prefix, self.weight.shape)
         mask = state_dict.get(prefix + MASK_BUFFER)
         if isinstance(mask, torch.Tensor):
-            _check_loaded_mask(mask, self.weight.shape, prefix + MASK_BUFFER)
+            check_loaded_mask(mask, self.weight.shape, prefix + MASK_BUFFER)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._register_owner()
 

@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from ..sparse import SparseLayout, sparse_conv2d, sparse_linear
+from ._state_forms import LAYOUT_BUFFERS, OTHER_MASK_ADVICE, holds_masked_form, masked_to_sparse
 from .masked import MaskedConv2d, MaskedLinear
-
-LAYOUT_BUFFERS = SparseLayout._fields
 
 
 def _copy_module_state(dst: nn.Module, src: nn.Module) -> None:
@@ -57,14 +56,14 @@ class _SparseWeight(nn.Module):
         self.values = nn.Parameter(layout.values_of(weight.detach().reshape(view)))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if holds_masked_form(state_dict, prefix):
+            masked_to_sparse(state_dict, prefix, self)
         values = state_dict.get(prefix + "values")
         if isinstance(values, torch.Tensor) and values.shape != self.values.shape:
             raise ValueError(
                 f"{prefix}values: the state dict holds the sparse form of another mask "
-                f"({values.numel()} stored weights, this layer {self.values.numel()}); load it "
-                f"into a model whose layers have the same masks (sparse_lottery.load_masks, then "
-                f"set_execution), or save and load state dicts in the dense form "
-                f"(set_execution(model, 'dense') before both)"
+                f"({values.numel()} stored weights, this layer {self.values.numel()}); "
+                f"{OTHER_MASK_ADVICE}"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -152,7 +151,9 @@ class SparseLinear(_SparseWeight):
     """y = x Wᵀ + b with W given by its surviving weights `values` and their layout.
 
     State-dict keys: `values`, `bias` and the layout's index tensors (`row_offsets`,
-    `col_indices`, `col_offsets`, `row_indices`, `csr_positions`). A new mask (`set_mask`, the
+    `col_indices`, `col_offsets`, `row_indices`, `csr_positions`). It also loads the state dict
+    of its masked form (`weight`, `weight_mask_packed`) when that mask is its own, and the masked
+    form loads its state dict with any mask. A new mask (`set_mask`, the
     next IMP level) rebuilds the layout and replaces `values` by a new parameter: build the
     optimiser after it.
 
