@@ -83,7 +83,8 @@ def test_tiny_imp_end_to_end(tmp_path, data_dir):
 def test_conv_models_train_in_channels_last(tmp_path, data_dir, monkeypatch):
     """'on' puts a convolutional model's weights and image batches in channels-last memory
     format; 'off' keeps them contiguous; the results agree. 'auto' is 'on' for such models on
-    the GPU only."""
+    the GPU, and on the CPU once the plan is made while at most half of the convolutions run
+    sparse."""
     from sparse_lottery.lottery import trainer
 
     seen = []
@@ -102,18 +103,24 @@ def test_conv_models_train_in_channels_last(tmp_path, data_dir, monkeypatch):
         pruning=PruningHparams(prune_fraction=0.5),
     )
     rows = {}
-    for mode in ("on", "off"):
+    for mode in ("on", "off", "auto"):
         rt = runtime(tmp_path / mode, data_dir, eval_every="4it", channels_last=mode,
                      execution="dense")  # fmt: skip
         rows[mode] = run_imp(exp, rt, levels=1)
-    assert seen == [[True, True]] * 2 + [[False, False]] * 2  # two levels each
+    assert seen == [[True, True]] * 2 + [[False, False]] * 2 + [[True, True]] * 2  # two levels
     for a, b in zip(rows["on"], rows["off"]):
         assert a["ticket"]["test_loss"] == pytest.approx(b["ticket"]["test_loss"], rel=1e-4)
         assert a["density"] == b["density"]
     conv, mlp = sl.models.get_model("conv2", 10, (3, 32, 32)), torch.nn.Linear(4, 2)
     auto = Runtime(channels_last="auto")
     assert trainer._memory_format(auto, conv, "cuda") == torch.channels_last
-    assert trainer._memory_format(auto, conv, "cpu") == torch.contiguous_format
+    assert trainer._memory_format(auto, conv, "cpu") == torch.contiguous_format  # measuring
+    masked = sl.sparsify(conv)
+    first, second = [n for n, m in masked.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    for sparse, expected in (([], True), ([first], True), ([first, second], False)):
+        sl.set_execution(masked, {name: "sparse" for name in sparse})
+        on = trainer._memory_format(auto, masked, "cpu", planned=True) == torch.channels_last
+        assert on == expected, sparse
     assert trainer._memory_format(auto, mlp, "cuda") == torch.contiguous_format
     with pytest.raises(ValueError, match="--channels-last"):
         Runtime(channels_last="yes")

@@ -28,7 +28,7 @@ from .. import data as datasets
 from .. import optim as masked_optim
 from ..execution import set_execution
 from ..model import _masked_layers, _param_name, density
-from ..nn.sparse import _SparseWeight
+from ..nn.sparse import SparseConv2d, _SparseWeight
 from ..ops import apply_mask
 from . import checkpoint, distributed
 from .hparams import Experiment, _choice, parse_duration
@@ -62,8 +62,9 @@ class Runtime:
     )
     channels_last: str = field(
         default="auto",
-        metadata={"help": "auto (on for models with 2-D convolutions on the GPU), on or off: "
-                  "the model's weights and input batches in channels-last memory format"},
+        metadata={"help": "auto (for models with 2-D convolutions: on the GPU, and on the CPU "
+                  "while at most half of them run sparse), on or off: the model's weights and "
+                  "input batches in channels-last memory format"},
     )  # fmt: skip
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     progress: bool = field(default=True, metadata={"help": "show progress"})
@@ -232,6 +233,8 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
         set_execution(model, plan)
         if main:
             checkpoint.atomic_write_json(plan_path, plan)
+    memory_format = _memory_format(runtime, model, device, planned=True)
+    model.to(memory_format=memory_format)
     opt = make_optimizer(model, exp)
     step, metrics, loss_sum, loss_count, seconds = seg.start, [], 0.0, 0, 0.0
     if resume:
@@ -411,18 +414,24 @@ def _autocast(runtime: Runtime, device: torch.device):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def _memory_format(runtime: Runtime, model: nn.Module, device) -> torch.memory_format:
-    """channels_last where `runtime.channels_last` asks for it ('auto': models with 2-D
-    convolutions on the GPU, where cuDNN's tensor-core convolutions want it), else contiguous.
-    'auto' leaves the CPU contiguous: there oneDNN's dense convolutions gain from it (ResNet-20,
-    batch 64, on the 2-core machine: a dense-fused training step 167 vs 182 ms, at 40% density
-    147 vs 183 ms), but the sparse convolutions lay their planes out from NCHW and lose more
-    (a 5%-dense conv + batch norm + ReLU step of 32→32 channels at 16×16: 5.6 vs 4.0 ms)."""
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    on = runtime.channels_last == "on" or (
-        runtime.channels_last == "auto" and has_conv and torch.device(device).type == "cuda"
-    )
-    return torch.channels_last if on else torch.contiguous_format
+def _memory_format(
+    runtime: Runtime, model: nn.Module, device, planned: bool = False
+) -> torch.memory_format:
+    """channels_last where `runtime.channels_last` asks for it, else contiguous. 'auto': models
+    with 2-D convolutions on the GPU, where cuDNN's tensor-core convolutions want it; on the CPU
+    once `set_execution` has `planned` the layers' forms (contiguous before, as the plan is
+    measured so), while at most half of the convolutions run sparse. There oneDNN's dense
+    convolutions gain from it and the sparse ones, which lay their planes out from NCHW, lose:
+    ResNet-20 IMP levels (synthetic CIFAR, batch 64, 20 iterations, 2-core machine, order
+    alternated) took 3.7-4.2 s against 4.3-4.8 s at densities 1 to 0.3 (up to 5 of 19
+    convolutions sparse), alike at 10 of 19, and 3.9-4.3 s against 3.7-3.9 s with 13 or more."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | SparseConv2d)]
+    if runtime.channels_last != "auto" or not convs:
+        return torch.channels_last if runtime.channels_last == "on" else torch.contiguous_format
+    if torch.device(device).type != "cpu":
+        return torch.channels_last
+    mostly_dense = 2 * sum(isinstance(m, SparseConv2d) for m in convs) <= len(convs)
+    return torch.channels_last if planned and mostly_dense else torch.contiguous_format
 
 
 def _formatted(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
