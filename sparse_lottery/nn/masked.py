@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .._extension import _C
 from .._mask_format import count_kept
 from .._sparse_checks import conv2d_output_size
 from ._state_forms import MASK_BUFFER, check_loaded_mask, holds_sparse_form, sparse_to_masked
@@ -38,8 +39,8 @@ _OWNERS: dict[int, tuple] = {}
 # keeps every weight); an entry leaves when its mask is freed. A plain dict: `forward` reads it.
 _FULL: dict[int, tuple] = {}
 # Output positions per image up to which a CPU 2-D masked convolution runs its im2col form
-# (kGemmPositions in csrc/cpu/conv_gemm.h).
-_IM2COL_POSITIONS = 4
+# (csrc/cpu/conv_gemm.h); none without the extension (an older build lacking it: none either).
+_IM2COL_POSITIONS = getattr(_C, "im2col_positions", 0)
 _is_compiling = torch.compiler.is_compiling
 
 
