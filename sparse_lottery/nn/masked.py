@@ -5,7 +5,8 @@ Each layer keeps torch's `weight` and `bias` parameters (same state-dict keys) a
 calls the fused masked ops, so the output never depends on the stored values of pruned weights
 and their gradients are exactly zero. The mask is a buffer: it follows `.to()`, `state_dict`,
 `deepcopy`, pickling, and DDP's buffer broadcast. A layer also loads the state dict of its
-sparse-execution form (`SparseLinear`/`SparseConv2d`), and they load its.
+sparse-execution form (`SparseLinear`/`SparseConv2d`, any mask), and those load its state dict
+when the masks are the same.
 
 Example:
     >>> import torch, sparse_lottery as sl
