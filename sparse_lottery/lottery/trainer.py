@@ -424,7 +424,9 @@ def _memory_format(
     convolutions gain from it and the sparse ones, which lay their planes out from NCHW, lose:
     ResNet-20 IMP levels (synthetic CIFAR, batch 64, 20 iterations, 2-core machine, order
     alternated) took 3.7-4.2 s against 4.3-4.8 s at densities 1 to 0.3 (up to 5 of 19
-    convolutions sparse), alike at 10 of 19, and 3.9-4.3 s against 3.7-3.9 s with 13 or more."""
+    convolutions sparse), alike at 10 of 19, and 3.9-4.3 s against 3.7-3.9 s with 13 or more.
+    A dense-form training step (batch 64) of Conv-4 took 257 vs 284 ms, VGG-16 825 vs 907 ms,
+    MobileNet-v2 642 vs 855 ms."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | SparseConv2d)]
     if runtime.channels_last != "auto" or not convs:
         return torch.channels_last if runtime.channels_last == "on" else torch.contiguous_format
