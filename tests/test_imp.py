@@ -329,6 +329,34 @@ def test_deleting_a_corrupt_checkpoint_redoes_the_step_that_wrote_it(tmp_path, d
                 assert torch.equal(after[key], value), (name, key)
 
 
+def test_a_cut_short_json_file_is_refused_naming_it(tmp_path, data_dir):
+    """A summary or config JSON cut short (or edited into invalid JSON) is refused with its path
+    and what to do, by the driver and the report; deleting it and rerunning redoes the step."""
+    from sparse_lottery.lottery.report import collect
+
+    exp = tiny(prune_fraction=0.5)
+    rt = runtime(tmp_path, data_dir)
+    run_imp(exp, rt, levels=1)
+    folder = tmp_path / f"lottery_{exp.hash()}"
+    summary = folder / "replicate_0" / "level_1" / "summary.json"
+    before = json.loads(summary.read_text())
+    summary.write_text(summary.read_text()[: len(summary.read_text()) // 2])
+    fix = "not valid JSON .*; delete it and rerun"
+    with pytest.raises(CheckpointError, match=f"level_1/summary.json: {fix}: the step"):
+        run_imp(exp, rt, levels=1)
+    with pytest.raises(CheckpointError, match=f"level_1/summary.json: {fix} the experiment"):
+        collect(tmp_path)
+    summary.unlink()
+    run_imp(exp, rt, levels=1)
+    after = json.loads(summary.read_text())
+    assert {k: v for k, v in after.items() if k != "seconds"} == {
+        k: v for k, v in before.items() if k != "seconds"
+    }
+    (folder / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match=f"config.json: {fix}"):
+        run_imp(exp, rt, levels=1)
+
+
 def test_retrain_branch_trains_with_its_own_settings(tmp_path, data_dir):
     """A retrain branch uses its learning rate (also when fine-tuning at the schedule's end),
     its data and augmentation seeds and its dataset; the report keeps branches with other

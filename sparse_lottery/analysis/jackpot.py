@@ -32,7 +32,6 @@ Example:
 """
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -178,7 +177,7 @@ def search(run: Run, density: float, hp: JackpotHparams, folder: Path) -> dict:
     """
     done, ckpt_path = folder / "summary.json", folder / "checkpoint.ckpt"
     if done.exists():
-        return json.loads(done.read_text())
+        return checkpoint.read_json(done)
     s = _Search(run, density, hp)
     if ckpt_path.exists():
         s.resume(ckpt_path)

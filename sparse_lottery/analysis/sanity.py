@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import warnings
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..lottery import checkpoint
 from ..lottery.report import markdown_table, save_figure
 from ..models import mlp
 from ._output import write_files
@@ -355,7 +355,7 @@ def train_small_dense(run, hidden: Sequence[int], folder: Path) -> dict:
     directory = Path(folder) / f"small_dense_{'x'.join(map(str, hidden))}_{tag}"
     done = directory / "summary.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return checkpoint.read_json(done)
     train = run.data.train
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SMALL_SALT + run.seeds["init"])

@@ -43,7 +43,6 @@ Example:
     [(0, 0.081, False), (100, 0.004, True)]
 """
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -99,7 +98,7 @@ def _train_or_load(run: Run, model: nn.Module, seg: Segment) -> tuple[dict, dict
     done = seg.directory / "summary.json"
     if not done.exists():
         train_segment(model.to(run.device), seg, run.data, run.runtime, run.device)
-    summary = json.loads(done.read_text())
+    summary = checkpoint.read_json(done)
     return summary, run.weights(seg.directory / "final.ckpt", "final", model)
 
 
@@ -215,7 +214,7 @@ def instability(
             accuracies.append(copy_summary["test_accuracy"])
         path_file = folder / f"k_{k}" / f"path_{path_tag}.json"
         if path_file.exists():
-            cached = json.loads(path_file.read_text())
+            cached = checkpoint.read_json(path_file)
             errors, recomputed = cached["errors"], cached["norm_recomputed"]
         else:
             errors, recomputed = error_path(run, states["a"], states["b"], points, norm_batches)

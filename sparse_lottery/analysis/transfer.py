@@ -35,17 +35,20 @@ Example:
 """  # noqa: E501
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..lottery import distributed
+from ..lottery import checkpoint, distributed
 from ..lottery.hparams import TrainingHparams
 from ..lottery.runner import Run
 from ..lottery.trainer import Segment, train_segment
 from .transfer_model import FREEZES, KINDS, RESETS, Target, transfer_model
 from .transfer_report import format_markdown, plot, write_results
+
+# A merged results file that does not parse: this call rewrites its own rows; an earlier call's
+# rows come back when it is rerun (its trainings are kept).
+MERGED_FIX = "delete it and rerun the transfer calls whose rows it held (their trainings are kept)"
 
 log = logging.getLogger("sparse_lottery")
 
@@ -71,7 +74,7 @@ def train_transfer(run: Run, target: Target, level: int, kind: str, reset: str,
     directory = segment_dir(target, level, kind, reset, freeze)
     done = directory / "summary.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return checkpoint.read_json(done)
     model = transfer_model(run, target, level, kind, reset, freeze)
     seg = Segment(directory, run.tag, target.exp, run.seeds, 0, target.total, target.total)
     runtime = run.runtime
@@ -158,7 +161,7 @@ def _with_earlier_rows(result: dict, path: Path) -> dict:
     if not path.exists():
         return result
     key = lambda r: (r["level"], r["kind"], r["reset"], r["freeze"])  # noqa: E731
-    rows = {key(r): r for r in json.loads(path.read_text()).get("rows", [])}
+    rows = {key(r): r for r in checkpoint.read_json(path, MERGED_FIX).get("rows", [])}
     rows.update({key(r): r for r in result["rows"]})
     levels = sorted({level for level, *_ in rows if level > 0})
     order = {job: i for i, job in enumerate(plan(levels, RESETS, FREEZES, BASELINES))}

@@ -29,6 +29,9 @@ from torch import nn
 MAGIC = b"SLCKPT1\n"
 
 
+REDO = "delete it and rerun: the step that wrote it is redone"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that is corrupt, truncated, or belongs to another experiment or model."""
 
@@ -64,6 +67,16 @@ def atomic_write(path: str | Path, data: bytes, durable: bool = True) -> None:
 def atomic_write_json(path: str | Path, obj) -> None:
     """`obj` as indented JSON (keys sorted) at `path`, written with `atomic_write`."""
     atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path, fix: str = REDO):
+    """The JSON at `path` (written by `atomic_write_json`); a file that does not parse (cut
+    short or edited) raises `CheckpointError` naming it and what to do (`fix`)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); {fix}") from e
 
 
 def save(path: str | Path, payload, experiment: str, kind: str, model: str = "", **meta) -> None:
@@ -115,7 +128,7 @@ def _read(path: Path) -> tuple[dict, bytes]:
         raise
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e})") from e
-    fix = "delete it and rerun: the step that wrote it is redone"
+    fix = REDO
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
         raise CheckpointError(f"{path}: not a sparse_lottery checkpoint (bad magic); {fix}")
     (size,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])

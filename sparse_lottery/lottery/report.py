@@ -19,6 +19,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from . import checkpoint
+
+REPORT_FIX = "delete it and rerun the experiment: the step that wrote it is redone"
+
 
 def collect(root: str | Path) -> list[dict]:
     """[{"name", "config", "rows": [{"replicate", "level", "method", **summary}]}] for every
@@ -26,7 +30,7 @@ def collect(root: str | Path) -> list[dict]:
     experiments = []
     for config_path in sorted(Path(root).glob("lottery_*/config.json")):
         folder = config_path.parent
-        config = json.loads(config_path.read_text())
+        config = checkpoint.read_json(config_path, REPORT_FIX)
         rows = []
         for summary_path in sorted(folder.glob("replicate_*/level_*/**/summary.json")):
             rel = summary_path.relative_to(folder).parts
@@ -34,7 +38,7 @@ def collect(root: str | Path) -> list[dict]:
                 continue  # an analysis's training (stability copies, rewind points)
             replicate = int(rel[0].removeprefix("replicate_"))
             level = int(rel[1].removeprefix("level_"))
-            summary = json.loads(summary_path.read_text())
+            summary = checkpoint.read_json(summary_path, REPORT_FIX)
             method = "ticket"
             if len(rel) == 4:
                 kind = rel[2].removeprefix("branch_").rsplit("_", 1)[0]

@@ -23,7 +23,6 @@ Example:
 """
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -104,14 +103,14 @@ class Run:
         rewind = self.exp.pruning.rewind == "step" and self.k > 0
         if level == 0 and rewind and not (self.dir / "rewind.ckpt").exists():
             return None
-        return json.loads(done.read_text())
+        return checkpoint.read_json(done)
 
     def _write_config(self) -> None:
         config = {"hash": self.tag, "non_default": self.exp.non_default(),
                   "experiment": self.exp.to_dict()}  # fmt: skip
         path = self.root / "config.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            old = checkpoint.read_json(path)
             if old.get("hash") != self.tag or old.get("non_default") != config["non_default"]:
                 raise checkpoint.CheckpointError(
                     f"{path}: describes another experiment ({old.get('non_default')}); "

@@ -217,7 +217,7 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
             "iterations": [seg.start, seg.end], "total": seg.total, "fixed_lr": seg.fixed_lr,
         })  # fmt: skip
     if resume and plan_path.exists():
-        plan = json.loads(plan_path.read_text())
+        plan = checkpoint.read_json(plan_path)
         set_execution(model, plan)
     else:  # rank 0 measures and decides; every rank runs the same forms
         plan = None
