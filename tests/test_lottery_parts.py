@@ -239,3 +239,41 @@ def test_report_includes_every_analysis_result(tmp_path):
         [],
         [],
     )
+
+
+def test_auto_plans_are_measured_once_per_mask(tmp_path, monkeypatch):
+    """'auto' measures the first training of a mask and records the plan under the root; the
+    same masks (batch shape, optimiser, device, threads) reuse it without measuring, other masks
+    measure again, and 'dense'/'sparse' are neither read nor recorded."""
+    import sparse_lottery as sl
+    from sparse_lottery.lottery import plans
+
+    measured = []
+    real = plans.set_execution
+
+    def spy(model, mode, **kw):
+        measured.append(mode == "auto")
+        return real(model, mode, **kw)
+
+    monkeypatch.setattr(plans, "set_execution", spy)
+    torch.manual_seed(0)
+    model = sl.sparsify(torch.nn.Sequential(torch.nn.Linear(30, 40), torch.nn.Linear(40, 5)))
+    model[0].set_mask(torch.rand(40, 30) < 0.05)
+    x = torch.randn(8, 30)
+    key = plans.plan_key(model, x, "sgd")
+    first = plans.choose(model, "auto", x, "sgd", tmp_path)
+    sl.set_execution(model, "dense")
+    assert plans.choose(model, "auto", x, "sgd", tmp_path) == first
+    assert measured == [True, False]
+    sl.set_execution(model, "dense")
+    assert [p.name for p in (tmp_path / plans.FOLDER).iterdir()] == [f"{key}.json"]
+    keys = {plans.plan_key(model, x, "sgd"), plans.plan_key(model, x[:4], "sgd"),
+            plans.plan_key(model, x, "adamw")}  # fmt: skip
+    model[0].set_mask(torch.rand(40, 30) < 0.05)
+    keys.add(plans.plan_key(model, x, "sgd"))
+    assert len(keys) == 4
+    plans.choose(model, "auto", x, "sgd", tmp_path)
+    assert measured == [True, False, True]
+    sl.set_execution(model, "dense")
+    assert plans.choose(model, "sparse", x, "sgd", tmp_path) == {"0": "sparse", "1": "sparse"}
+    assert len(list((tmp_path / plans.FOLDER).iterdir())) == 2

@@ -30,7 +30,7 @@ from ..execution import set_execution
 from ..model import _masked_layers, _param_name, density
 from ..nn.sparse import SparseConv2d, _SparseWeight
 from ..ops import apply_mask
-from . import checkpoint, distributed
+from . import checkpoint, distributed, plans
 from .hparams import Experiment, _choice, parse_duration
 from .progress import Progress
 from .schedule import learning_rate
@@ -223,12 +223,9 @@ def train_segment(model: nn.Module, seg: Segment, data: Data, runtime: Runtime, 
         plan = None
         if main:
             x0, _ = data.minibatch(seg.start, seg.seeds, device)
-            plan = set_execution(
-                model,
-                runtime.execution,
-                example=_formatted(x0, memory_format),
-                optimizer="sgd" if exp.training.optimizer == "sgd" else "adamw",
-            )
+            optimizer = "sgd" if exp.training.optimizer == "sgd" else "adamw"
+            example = _formatted(x0, memory_format)
+            plan = plans.choose(model, runtime.execution, example, optimizer, runtime.root)
         plan = distributed.from_main(plan)
         set_execution(model, plan)
         if main:
