@@ -175,10 +175,10 @@ def test_a_killed_comparison_resumes_where_it_stopped(tmp_path, data_dir, monkey
     run = _run(tmp_path, data_dir)
     real = ft._train_or_load
 
-    def killed(run_, model, seg):
+    def killed(run_, model, seg, what):
         if seg.directory.name == "finetune":
             raise KeyboardInterrupt
-        return real(run_, model, seg)
+        return real(run_, model, seg, what)
 
     monkeypatch.setattr(ft, "_train_or_load", killed)
     with pytest.raises(KeyboardInterrupt):

@@ -140,8 +140,8 @@ def train_method(run: Run, level: int, method: str, k: int = 0) -> dict:
     else:
         model.load_state_dict(start)
         seg = Segment(directory, run.tag, run.exp, run.seeds, 0, run.total, run.total)
-        log.info("finetune: level %d, %s, iterations 0..%d", level, method, run.total)
-        summary = _train_or_load(run, model, seg)[0]
+        what = f"finetune {method} of level {level}, iterations 0..{run.total}"
+        summary = _train_or_load(run, model, seg, what)[0]
     final = run.weights(directory / "final.ckpt", "final", model)
     return {"summary": summary, "start": start, "final": final, "directory": str(directory)}
 
@@ -230,21 +230,21 @@ def finetune_comparison(
         raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
     folder = finetune_folder(base_exp, runtime, lrs, levels, replicates, k)
     dense, rows, runs, k_it, total = [], [], {}, None, None
-    for lr in lrs:
-        for replicate in replicates:
-            run = Run(with_lr(base_exp, lr), runtime, replicate)
-            runs[lr] = str(run.root)
-            k_it, total = parse_rewind_k(run, k), run.total
-            log.info("finetune: lr %g, replicate %d, levels 0..%d in %s", lr, replicate, levels,
-                     run.dir)  # fmt: skip
-            dense.append({"lr": lr, "replicate": replicate,
-                          "accuracy": 100.0 * run.level(0)[metric],
-                          "r_p": level_correlation(run, 0, ps)})  # fmt: skip
-            for level in range(1, levels + 1):
-                row = compare_level(run, level, k_it, ps, metric)
-                rows.append({"lr": lr, "replicate": replicate, **row})
-                log.info("finetune: lr %g, level %d: %s", lr, level,
-                         ", ".join(f"{m} {a:.2f}" for m, a in row["accuracy"].items()))  # fmt: skip
+    pairs = [(lr, replicate) for lr in lrs for replicate in replicates]
+    for i, (lr, replicate) in enumerate(pairs, 1):
+        run = Run(with_lr(base_exp, lr), runtime, replicate)
+        runs[lr] = str(run.root)
+        k_it, total = parse_rewind_k(run, k), run.total
+        log.info("finetune %d/%d: lr %g, replicate %d, levels 0..%d in %s", i, len(pairs),
+                 lr, replicate, levels, run.dir)  # fmt: skip
+        dense.append({"lr": lr, "replicate": replicate,
+                      "accuracy": 100.0 * run.level(0)[metric],
+                      "r_p": level_correlation(run, 0, ps)})  # fmt: skip
+        for level in range(1, levels + 1):
+            row = compare_level(run, level, k_it, ps, metric)
+            rows.append({"lr": lr, "replicate": replicate, **row})
+            log.info("finetune: lr %g, level %d: %s", lr, level,
+                     ", ".join(f"{m} {a:.2f}" for m, a in row["accuracy"].items()))  # fmt: skip
     result = {
         "folder": str(folder),
         "experiment": with_lr(base_exp, TrainingHparams().lr).non_default(),

@@ -255,7 +255,10 @@ def lottery_jackpot(
             raise ValueError(f"densities: expected fractions in (0, 1], got {d!r}")
     tag = Experiment().hash({"jackpot": hp.non_default()})
     folder = run.level_dir(0) / f"jackpot_{tag}"
-    rows = [search(run, float(d), hp, folder / f"density_{float(d):g}") for d in densities]
+    rows = []
+    for i, d in enumerate(densities, 1):
+        log.info("jackpot %d/%d: density %g", i, len(densities), d)
+        rows.append(search(run, float(d), hp, folder / f"density_{float(d):g}"))
     for row in rows:
         log.info(
             "jackpot: density %g: magnitude %.4f -> searched %.4f (dense %.4f), IoU %.3f",

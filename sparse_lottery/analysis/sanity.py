@@ -432,11 +432,11 @@ def sanity_checks(
     rows = [
         {"level": level, "accuracy": {m: {} for m in REPORTED}} for level in range(1, levels + 1)
     ]
-    for lr in lrs:
+    for i, lr in enumerate(lrs, 1):
         exp = with_lr(base_exp, lr)
         run = Run(exp, runtime, replicate)
         runs[lr] = str(run.root)
-        log.info("sanity: lr %g, IMP levels 0..%d in %s", lr, levels, run.root)
+        log.info("sanity %d/%d: lr %g, IMP levels 0..%d in %s", i, len(lrs), lr, levels, run.root)
         dense[lr] = acc(run.level(0))
         correlation[lr] = {0: level_correlation(run, 0, ps)}
         train = run.data.train

@@ -93,10 +93,12 @@ def _parse_k(run: Run, k_list) -> list[int]:
     return ks
 
 
-def _train_or_load(run: Run, model: nn.Module, seg: Segment) -> tuple[dict, dict]:
-    """(summary, final weights) of a segment, trained unless its summary exists."""
+def _train_or_load(run: Run, model: nn.Module, seg: Segment, what: str) -> tuple[dict, dict]:
+    """(summary, final weights) of a segment, trained (and `what` logged) unless its summary
+    exists."""
     done = seg.directory / "summary.json"
     if not done.exists():
+        log.info("training %s", what)
         train_segment(model.to(run.device), seg, run.data, run.runtime, run.device)
     summary = checkpoint.read_json(done)
     return summary, run.weights(seg.directory / "final.ckpt", "final", model)
@@ -114,8 +116,7 @@ def rewind_weights(run: Run, k: int, model: nn.Module) -> dict:
     dense = run.build(0)
     dense.load_state_dict(run.init_weights(dense))
     seg = Segment(run.level_dir(0) / f"rewind_{k}it", run.tag, run.exp, run.seeds, 0, k, run.total)
-    log.info("stability: training the dense network to its rewind point k=%d", k)
-    return _train_or_load(run, dense, seg)[1]
+    return _train_or_load(run, dense, seg, f"the dense network to its rewind point k={k}")[1]
 
 
 def copy_seeds(run: Run, seed_offset: int) -> dict[str, dict]:
@@ -194,7 +195,7 @@ def instability(
     level_masks = {k: m.clone() for k, m in run.level_masks(level, reference).items()}
     params = [name for name, _ in reference.named_parameters()]
     rows = []
-    for k in ks:
+    for i, k in enumerate(ks, 1):
         start = rewind_weights(run, k, reference)
         states, accuracies = {}, []
         for name in COPIES:
@@ -210,7 +211,8 @@ def instability(
                 run.total,
                 run.total,
             )
-            copy_summary, states[name] = _train_or_load(run, model, seg)
+            what = f"stability copy {name} of level {level} from k={k} ({i}/{len(ks)})"
+            copy_summary, states[name] = _train_or_load(run, model, seg, what)
             accuracies.append(copy_summary["test_accuracy"])
         path_file = folder / f"k_{k}" / f"path_{path_tag}.json"
         if path_file.exists():
