@@ -99,6 +99,16 @@ def paired_ratio(samples: dict, num: str, den: str) -> float:
     return statistics.median(a / b for a, b in zip(samples[num], samples[den]))
 
 
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def results_path(name: str, quick: bool, out: str | None = None) -> str:
+    """Where a benchmark writes <path>.json and .md: `out` when given, else
+    benchmarks/results/<name>, ending in `_quick` for a --quick run (a smoke run never
+    overwrites the committed full-size results)."""
+    return out or os.path.join(RESULTS, name + ("_quick" if quick else ""))
+
+
 def write_results(out: str, payload: dict, report: str) -> None:
     """`payload` as <out>.json and the Markdown `report` as <out>.md (folders made as needed)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, write_results  # noqa: E402
+from _common import machine, results_path, write_results  # noqa: E402
 
 from sparse_lottery import models  # noqa: E402
 from sparse_lottery.lottery import Runtime, apply_preset  # noqa: E402
@@ -43,7 +43,6 @@ from sparse_lottery.lottery.runner import Run  # noqa: E402
 from sparse_lottery.lottery.schedule import learning_rate  # noqa: E402
 from sparse_lottery.lottery.trainer import evaluate  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 RATE = 0.26  # 0.74^10 = 0.049: level 10 is at 95.1% sparsity
 
 
@@ -248,7 +247,7 @@ def main(argv=None) -> int:
     checks = verdicts(results, args.device)
     report += "\n" + "\n".join(checks) + "\n"
     print(report)
-    out = args.out or os.path.join(RESULTS, f"imp_{args.device}" + ("_quick" if args.quick else ""))
+    out = results_path(f"imp_{args.device}", args.quick, args.out)
     write_results(out, {"machine": info, "results": results, "verdicts": checks}, report)
     print(f"wrote {out}.json and {out}.md")
     return 0

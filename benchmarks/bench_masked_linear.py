@@ -31,11 +31,10 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, interleaved, machine, paired_ratio, write_results  # noqa: E402
+from _common import Timer, interleaved, machine, paired_ratio, results_path, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SPARSITIES = (0.0, 0.5, 0.9, 0.95, 0.99)
 METHODS = ("fused_packed", "fused_bool", "dense", "w*m", "prune")
 NOISE = 0.02  # allowed slack for "never slower than w*m" (shared-machine measurement noise)
@@ -146,7 +145,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
     rounds = args.rounds or (3 if args.quick else 21)
     min_round_s = 0.002 if args.quick else 0.1
-    out = args.out or os.path.join(RESULTS, f"masked_linear_{device}")
+    out = results_path(f"masked_linear_{device}", args.quick, args.out)
     info = machine(device, ("masked_linear", "masked_linear_backward"))
     gen = torch.Generator().manual_seed(args.seed)
     timer = Timer(device)

@@ -41,11 +41,10 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, write_results  # noqa: E402
+from _common import machine, results_path, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DENSITY, AMOUNT = 0.8, 0.2
 SHARES = (1, 3, 2, 8, 4, 6, 1, 5)  # relative sizes of the pool's 8 tensors
 BASELINES = ("kthvalue", "topk", "sort", "quantile", "global_unstructured")
@@ -340,9 +339,7 @@ def main(argv=None) -> int:
     checks = verdicts(rows, args.device) if not args.quick else []
     report += "\n" + "\n".join(checks) + ("\n" if checks else "")
     print(report)
-    out = args.out or os.path.join(RESULTS, f"selection_{args.device}")
-    if args.quick and not args.out:
-        out += "_quick"
+    out = results_path(f"selection_{args.device}", args.quick, args.out)
     write_results(out, {"machine": info, "rows": rows, "checks": checks}, report)
     print(f"wrote {out}.json and {out}.md")
     return 1 if any(c.startswith("FAIL") for c in checks) else 0

@@ -24,11 +24,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, interleaved, machine, paired_ratio, write_results  # noqa: E402
+from _common import Timer, interleaved, machine, paired_ratio, results_path, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LAYERS = [(16, 32), (32, 16), (64, 8), (256, 8), (512, 2)]  # (channels, map size)
 SPARSITIES = [0.9, 0.95, 0.99]
 
@@ -103,7 +102,7 @@ def main(argv=None) -> int:
                   f"sparse {ms['sparse']:.3f} ms, {row['speedup']:.2f}×", flush=True)  # fmt: skip
     report = markdown(rows, info, rounds)
     print(report)
-    out = args.out or os.path.join(RESULTS, "sparse_conv_cpu" + ("_quick" if args.quick else ""))
+    out = results_path("sparse_conv_cpu", args.quick, args.out)
     write_results(out, {"machine": info, "rounds": rounds, "rows": rows}, report)
     print(f"wrote {out}.json and {out}.md")
     return 0

@@ -37,11 +37,10 @@ from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Timer, interleaved, machine, paired_ratio, write_results  # noqa: E402
+from _common import Timer, interleaved, machine, paired_ratio, results_path, write_results  # noqa: E402
 
 import sparse_lottery as sl  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 NOISE = 0.03  # slack for "auto never slower than dense" (timing noise of a shared machine)
 # The verdicts' pair and its A/A control: timed in extra rounds of their own after the common
@@ -401,7 +400,7 @@ def main(argv=None) -> int:
     checks = verdicts(rows, args.device)
     report += "\n" + "\n".join(checks) + "\n"
     print(report)
-    out = args.out or os.path.join(RESULTS, f"sparse_training_{args.device}")
+    out = results_path(f"sparse_training_{args.device}", args.quick, args.out)
     write_results(out, {"machine": info, "rows": rows, "verdicts": checks}, report)
     plot(rows, out + ".png")
     print(f"wrote {out}.json, {out}.md and {out}.png")
