@@ -98,20 +98,31 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparse-lottery", description=__doc__.split("\n")[0])
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+def _general_options(parser: argparse.ArgumentParser, default) -> None:
+    """-q and --traceback, accepted before the command and after it: a command's parser adds
+    them with `default=argparse.SUPPRESS`, so that leaving them out there keeps the value given
+    before the command."""
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="log warnings only"
+    )
     parser.add_argument(
         "--traceback",
         action="store_true",
+        default=default,
         help="show the traceback of a bad-input error (by default one line: the flag or file, "
         "what was expected, what came)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparse-lottery", description=__doc__.split("\n")[0])
+    _general_options(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = {}
     for name, command in COMMANDS.items():
         parser.commands[name] = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(parser.commands[name])
+        _general_options(parser.commands[name], argparse.SUPPRESS)
     return parser
 
 

@@ -471,8 +471,9 @@ def test_cli_train_imp_branch_report(tmp_path, data_dir, capsys):
     assert "--baselines: expected names" in cli_error(
         capsys, ["imp", "--baselines", "magic", *common]
     )
-    with pytest.raises(ValueError, match="--optimizer"):
-        main(["--traceback", "imp", "--optimizer", "lion", *common])
+    for argv in (["--traceback", "imp"], ["imp", "--traceback"]):  # before or after the command
+        with pytest.raises(ValueError, match="--optimizer"):
+            main([*argv, "--optimizer", "lion", *common])
 
 
 BAD_INPUT = [
