@@ -42,6 +42,15 @@ def model_signature(model: nn.Module) -> str:
     return hashlib.sha256(repr(items).encode()).hexdigest()[:12]
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """Hex SHA-256 of named tensors' names and bytes, in name order (values, not just shapes)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def atomic_write(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one; `durable`
     also syncs the file and the rename to the disk (so they survive a power loss, not just a

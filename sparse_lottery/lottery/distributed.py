@@ -5,11 +5,12 @@ Example:
     $ torchrun --nproc-per-node 2 -m sparse_lottery imp --levels 3
 """
 
-import hashlib
 import os
 
 import torch
 import torch.distributed as dist
+
+from . import checkpoint
 
 
 def setup(device: torch.device) -> None:
@@ -62,11 +63,7 @@ def check_same(tensors: dict[str, torch.Tensor], what: str) -> None:
     """Raise if `tensors` differ between ranks (compared by a digest of their bytes)."""
     if not dist.is_initialized():
         return
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    mine = digest.hexdigest()
+    mine = checkpoint.tensors_digest(tensors)
     everyone = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     if len(set(everyone)) != 1:

@@ -24,14 +24,12 @@ FOLDER = "execution_plans"
 def plan_key(model: nn.Module, example: torch.Tensor, optimizer: str) -> str:
     """24 hex digits naming the masks (layer names and bits) of `model`'s masked layers and
     what else a measured plan depends on."""
-    digest = hashlib.sha256()
-    for name, layer in _masked_layers(model):
-        digest.update(name.encode())
-        digest.update(layer.weight_mask_packed.cpu().numpy().tobytes())
-    context = (tuple(example.shape), str(example.dtype), example.device.type, optimizer,
+    masks = checkpoint.tensors_digest(
+        {name: layer.weight_mask_packed for name, layer in _masked_layers(model)}
+    )
+    context = (masks, tuple(example.shape), str(example.dtype), example.device.type, optimizer,
                torch.get_num_threads())  # fmt: skip
-    digest.update(repr(context).encode())
-    return digest.hexdigest()[:24]
+    return hashlib.sha256(repr(context).encode()).hexdigest()[:24]
 
 
 def choose(
